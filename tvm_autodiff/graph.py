@@ -6,13 +6,55 @@ tensors compare with `==` (never `same_as`, see tvm-0.27-notes pitfall 9).
 """
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Callable, Iterable, Sequence
 
+import tvm
 import tvm_ffi
-from tvm import te
+from tvm import te, tirx
 from tvm.ir import Call
 
 TENSOR_LOAD = "te.tensor_load"
+
+
+def same_tensor(a: te.Tensor, b: te.Tensor) -> bool:
+    """Tensor identity.  (`==` on 0-d tensors raises in TVM, and `same_as` compares wrappers.)"""
+    return a.op.same_as(b.op) and a.value_index == b.value_index
+
+
+class TensorMap(MutableMapping):
+    """A dict keyed by te.Tensor identity (op, value_index); plain dicts call `==` on tensors, which
+    TVM refuses for 0-d tensors."""
+
+    def __init__(self, items=()):
+        self._d: dict = {}
+        for k, v in items:
+            self[k] = v
+
+    def __getitem__(self, t):
+        return self._d[(t.op, t.value_index)][1]
+
+    def __setitem__(self, t, value):
+        self._d[(t.op, t.value_index)] = (t, value)
+
+    def __delitem__(self, t):
+        del self._d[(t.op, t.value_index)]
+
+    def __contains__(self, t):
+        return t is not None and (t.op, t.value_index) in self._d
+
+    def __iter__(self):
+        return (t for t, _ in self._d.values())
+
+    def __len__(self):
+        return len(self._d)
+
+    def __repr__(self):
+        return "{" + ", ".join(f"{t.name}: {v!r}" for t, v in self._d.values()) + "}"
+
+
+def unique_tensors(tensors: Iterable[te.Tensor]) -> list[te.Tensor]:
+    return list(TensorMap((t, None) for t in tensors))
 
 
 def is_load(e) -> bool:
@@ -68,18 +110,19 @@ def compute_op(name: str, tag: str, attrs, axis: Sequence, bodies: Sequence) -> 
 
 
 def rebuild(outputs: Sequence[te.Tensor],
-            rewrite: Callable[[te.ComputeOp, list], list | None]) -> list[te.Tensor]:
+            rewrite: Callable[[te.ComputeOp, list], list | None]) -> tuple[list[te.Tensor], dict]:
     """Rebuild the graph of `outputs` bottom-up.
 
     `rewrite(op, bodies)` gets each ComputeOp with its bodies already reading the rebuilt inputs and
     returns new bodies, or None to keep them.  Ops whose inputs and bodies are unchanged are kept as
-    they are, so untouched subgraphs (and placeholders) stay identical objects.
+    they are, so untouched subgraphs (and placeholders) stay identical objects.  Returns the new
+    outputs and the map {old tensor: new tensor} of every tensor that changed.
     """
-    mapping: dict = {}
+    mapping = TensorMap()
     for op in ops_post_order(outputs):
         if isinstance(op, te.PlaceholderOp):
             continue
-        changed_inputs = {t: mapping[t] for t in op.input_tensors if t in mapping}
+        changed_inputs = TensorMap((t, mapping[t]) for t in op.input_tensors if t in mapping)
         if isinstance(op, te.ComputeOp):
             bodies = [replace_loads(b, changed_inputs) for b in op.body]
             new_bodies = rewrite(op, bodies)
@@ -98,4 +141,20 @@ def rebuild(outputs: Sequence[te.Tensor],
             continue
         for old, new in zip(outputs_of(op), outputs_of(new_op)):
             mapping[old] = new
-    return [mapping.get(t, t) for t in outputs]
+    return [mapping.get(t, t) for t in outputs], mapping
+
+
+def make_compute(name: str, shape: Sequence, fbody: Callable, names: str = "ijklmnopqrstuvw",
+                 tag: str = "") -> te.Tensor | None:
+    """Like te.compute, but `fbody(*axis_vars)` may return None (an exact zero), in which case no op is
+    built and None is returned.  The axis variables take the index dtype of each extent."""
+    axes = []
+    for d, extent in enumerate(shape):
+        extent = tirx.const(extent, "int32") if isinstance(extent, int) else extent
+        var = tirx.Var(names[d % len(names)] + ("" if d < len(names) else str(d)), str(extent.ty.dtype))
+        axes.append(tirx.IterVar(tvm.ir.Range.from_min_extent(tirx.const(0, str(extent.ty.dtype)), extent),
+                                 var, 0))
+    body = fbody(*[iv.var for iv in axes])
+    if body is None:
+        return None
+    return compute_op(name, tag, None, axes, [body]).output(0)

@@ -1,0 +1,194 @@
+"""The adjoint contribution of one edge: consumer op Y (a ComputeOp) reading tensor X.
+
+With head H (the adjoint of Y, shape prefix + Y.shape):
+
+    dX[p, j] = Σ_{i ∈ dom Y} Σ_{k ∈ red Y}  H[p, i] · ∂body(i, k) · [j == f(i, k)]
+
+where the Iverson bracket [j == f] seeds each read X[f] in the forward-mode tangent of the body
+(`rules.jvp`).  The bracket stays explicit (select(j == f, 1, 0)) so the zero-elimination passes can
+solve it into a gather.  How a reduction's tangent is formed depends on its combiner:
+
+- sum:      ∂Y = Σ_k ∂s(i, k)
+- max/min:  ∂Y = Σ_k [k == argmax_k s(i, k)] · ∂s(i, k), with a forward argmax tensor (ties go to
+            the first index, as in PyTorch), so the gradient costs about one forward pass;
+- other (prod, user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
+            D_wv[i, k] = ∂Y_v / ∂s_w(i, k) comes from a reduction over the pair combiner
+            ((x, dx), (y, dy)) -> (x ⊕ y, ∂⊕/∂x·dx + ∂⊕/∂y·dy).  Correct for any combiner; costs a
+            reduction length more than the forward pass.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from tvm import te, tirx
+
+from .graph import compute_op, is_load, make_compute, same_tensor
+from .reductions import component_kind, multi_reduce, substitute
+from .rules import add, const, is_float, jvp
+
+TRUE = tirx.const(True, "bool")
+
+
+def bracket(j: Sequence, f: Sequence, dtype: str):
+    """[j == f] as a float: the Kronecker delta of the read X[f] at the adjoint index j."""
+    if not j:
+        return tirx.const(1.0, dtype)
+    return tirx.Select(tirx.all(*[a == b for a, b in zip(j, f)]),
+                       tirx.const(1.0, dtype), tirx.const(0.0, dtype))
+
+
+def read_seed(X: te.Tensor, j: Sequence) -> Callable:
+    """Seed for jvp: each read X[f] gets the tangent [j == f]; everything else is constant."""
+    return lambda leaf: bracket(j, leaf.args[1:], str(leaf.ty.dtype)) \
+        if is_load(leaf) and same_tensor(leaf.args[0], X) else None
+
+
+def _fresh_reduce_axes(axes: Sequence[tirx.IterVar]) -> list[tirx.IterVar]:
+    return [te.reduce_axis((iv.dom.min, iv.dom.min + iv.dom.extent), name=iv.var.name + "_r")
+            for iv in axes]
+
+
+class EdgeBuilder:
+    """Builds edge contributions; forward helper tensors (argmax, pair-combiner derivatives) are made
+    once per consumer op and shared by all the tensors it reads."""
+
+    def __init__(self):
+        self._argmax: dict = {}
+        self._pair: dict = {}
+
+    # -- the terms H · ∂Y for each kind of body ------------------------------------------------------
+
+    def terms(self, op: te.ComputeOp, heads: Sequence, X: te.Tensor, j: Sequence) -> list:
+        """[(head, tangent)] pairs: the tangent is in op's own axis and reduce-axis variables."""
+        seed = read_seed(X, j)
+        bodies = list(op.body)
+        if not isinstance(bodies[0], tirx.Reduce):
+            return [(h, jvp(b, seed)) for h, b in zip(heads, bodies) if h is not None]
+        combiner, sources = bodies[0].combiner, list(bodies[0].source)
+        kinds = [component_kind(combiner, v) for v in range(len(sources))]
+        out = []
+        if None in kinds:
+            for w, s in enumerate(sources):
+                ds = jvp(s, seed)
+                if ds is None:
+                    continue
+                pair = self._pair_tensors(op, w)
+                out += [(h, pair[v] * ds) for v, h in enumerate(heads) if h is not None and v in pair]
+            return out
+        for v, (h, kind) in enumerate(zip(heads, kinds)):
+            if h is None:
+                continue
+            ds = jvp(sources[v], seed)
+            if ds is not None and kind != "sum":
+                ds = tirx.Select(self._is_arg_extremum(op, v), ds, const(0.0, ds))
+            out.append((h, ds))
+        return out
+
+    def _is_arg_extremum(self, op: te.ComputeOp, v: int):
+        """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor."""
+        key = (op, v)
+        if key not in self._argmax:
+            self._argmax[key] = _arg_extremum(op, v)
+        idx = [iv.var for iv in op.axis]
+        return tirx.all(*[rv.var == t(*idx) for rv, t in zip(op.reduce_axis, self._argmax[key])])
+
+    def _pair_tensors(self, op: te.ComputeOp, w: int) -> dict:
+        """{v: D_wv[i, k - min]} read expressions in op's variables."""
+        key = (op, w)
+        if key not in self._pair:
+            self._pair[key] = _pair_derivatives(op, w)
+        idx = [iv.var for iv in op.axis] + [rv.var - rv.dom.min for rv in op.reduce_axis]
+        return {v: t(*idx) for v, t in self._pair[key].items()}
+
+    # -- the contribution tensor --------------------------------------------------------------------
+
+    def contribution(self, op: te.ComputeOp, heads: Sequence[Optional[Callable]], X: te.Tensor,
+                     prefix: Sequence, name: str) -> Optional[te.Tensor]:
+        """dX from consumer `op`, or None when op's value does not depend on X.
+
+        `heads[v](p, i)` reads the adjoint of op's output v (None: zero adjoint)."""
+        out_axes, red_axes = list(op.axis), list(op.reduce_axis)
+        dtype = str(X.dtype)
+
+        def body(*pj):
+            p, j = pj[:len(prefix)], pj[len(prefix):]
+            terms = [(h, t) for h, t in self.terms(op, heads, X, j) if t is not None]
+            if not terms:
+                return None
+            new_axes = _fresh_reduce_axes(out_axes + red_axes)
+            vmap = {iv.var: r.var for iv, r in zip(out_axes + red_axes, new_axes)}
+            i = [vmap[iv.var] for iv in out_axes]
+            total = None
+            for h, t in terms:
+                t = substitute(t, vmap)
+                total = add(total, h(p, i) * t)
+            if str(total.ty.dtype) != dtype:
+                total = tirx.Cast(dtype, total)
+            return te.sum(total, axis=new_axes) if new_axes else total
+
+        return make_compute(name, list(prefix) + list(X.shape), body)
+
+
+def _arg_extremum(op: te.ComputeOp, v: int) -> list[te.Tensor]:
+    """Forward tensors (k_1*, ..., k_n*)[i]: the first (lexicographically) position of the max/min of
+    op's source v over its reduce axes.  One reduction with the combiner
+        (x, lx, kx...) ⊕ (y, ly, ky...) = better(x, y) or (x == y and lx < ly) ? (x, lx, kx) : (y, ly, ky)
+    where l is the linearized reduce index that breaks ties."""
+    r0 = op.body[v]
+    kind = component_kind(r0.combiner, v)
+    red = list(op.reduce_axis)
+    idt = str(red[0].var.ty.dtype)
+    dtypes = [str(r0.source[v].ty.dtype), idt] + [idt] * len(red)
+    lhs = [tirx.Var(f"x{c}", dt) for c, dt in enumerate(dtypes)]
+    rhs = [tirx.Var(f"y{c}", dt) for c, dt in enumerate(dtypes)]
+    better = lhs[0] > rhs[0] if kind == "max" else lhs[0] < rhs[0]
+    pick = tirx.Or(better, tirx.And(lhs[0] == rhs[0], lhs[1] < rhs[1]))
+    result = [tirx.Select(pick, a, b) for a, b in zip(lhs, rhs)]
+    identity = [r0.combiner.identity_element[v], tirx.max_value(idt)] + [tirx.const(0, idt)] * len(red)
+    combiner = tirx.CommReducer(lhs, rhs, result, identity)
+
+    new_red = _fresh_reduce_axes(red)
+    vmap = {a.var: b.var for a, b in zip(red, new_red)}
+    lin = tirx.const(0, idt)
+    for rv in new_red:
+        lin = lin * rv.dom.extent + (rv.var - rv.dom.min)
+    sources = [substitute(r0.source[v], vmap), lin] + [rv.var for rv in new_red]
+    new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
+    return [new_op.output(2 + d) for d in range(len(red))]
+
+
+def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:
+    """{v: D_wv} with D_wv[i, k] = ∂Y_v[i] / ∂s_w(i, k), by a reduction over the pair combiner."""
+    r0 = op.body[0]
+    comb, n = r0.combiner, len(r0.source)
+    floats = [c for c in range(n) if is_float(r0.source[c])]
+    dx = {c: tirx.Var(f"d{comb.lhs[c].name}", str(comb.lhs[c].ty.dtype)) for c in floats}
+    dy = {c: tirx.Var(f"d{comb.rhs[c].name}", str(comb.rhs[c].ty.dtype)) for c in floats}
+    tangent_of = {**{comb.lhs[c]: dx[c] for c in floats}, **{comb.rhs[c]: dy[c] for c in floats}}
+    seed = lambda leaf: tangent_of.get(leaf)
+    tangents = []
+    for c in floats:
+        t = jvp(comb.result[c], seed)
+        tangents.append(const(0.0, comb.result[c]) if t is None else t)
+    combiner = tirx.CommReducer(list(comb.lhs) + [dx[c] for c in floats],
+                                list(comb.rhs) + [dy[c] for c in floats],
+                                list(comb.result) + tangents,
+                                list(comb.identity_element) + [const(0.0, dx[c]) for c in floats])
+    red = list(op.reduce_axis)
+    out_axes = list(op.axis)
+    shape = [iv.dom.extent for iv in out_axes] + [rv.dom.extent for rv in red]
+
+    def body(*ik):
+        i, k = ik[:len(out_axes)], ik[len(out_axes):]
+        new_red = _fresh_reduce_axes(red)
+        vmap = {**{a.var: b.var for a, b in zip(red, new_red)},
+                **{a.var: b for a, b in zip(out_axes, i)}}
+        here = tirx.all(*[rv.var - rv.dom.min == kk for rv, kk in zip(new_red, k)]) if k else TRUE
+        sources = [substitute(s, vmap) for s in r0.source]
+        sources += [tirx.Select(here, const(1.0, sources[c]), const(0.0, sources[c])) if c == w
+                    else const(0.0, sources[c]) for c in floats]
+        return tuple(multi_reduce(combiner, sources, new_red, values=range(n, n + len(floats))))
+
+    tensors = te.compute(shape, body, name=op.name + "_pair_d")
+    tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
+    return dict(zip(floats, tensors))

@@ -1,0 +1,242 @@
+"""Forward-mode derivative rules for TIR expressions: one table, one rule per node type or intrinsic.
+
+`jvp(e, seed)` computes the tangent de = Σ_leaf ∂e/∂leaf · seed(leaf), where the leaves are tensor
+reads and variables.  The reverse-mode front end seeds each read `X[f]` with the Iverson bracket
+`[j == f]`, which turns the tangent into one row of the Jacobian; the pair-combiner rule of
+reductions seeds the combiner's variables instead.
+
+A rule is `rule(e, d) -> tangent | None`, where `d(sub)` differentiates a subexpression and `None`
+stands for an exact zero (it keeps the output free of `0 * x` terms).  Integer and boolean
+subexpressions (indices, comparisons) have derivative zero and are never visited.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+from tvm import tirx
+from tvm.ir import Call, Var
+
+from .graph import is_load
+
+Tangent = Optional[object]
+
+
+class NoDerivativeRule(Exception):
+    """An expression node that has no derivative rule; the front end adds the op and tensor."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def is_float(e) -> bool:
+    return str(e.ty.dtype).startswith(("float", "bfloat"))
+
+
+def const(value: float, like) -> tirx.FloatImm:
+    return tirx.const(value, str(like.ty.dtype))
+
+
+# Tangent arithmetic with None as an exact zero.
+def add(a: Tangent, b: Tangent) -> Tangent:
+    return b if a is None else a if b is None else a + b
+
+
+def sub(a: Tangent, b: Tangent) -> Tangent:
+    return a if b is None else -b if a is None else a - b
+
+
+def scale(factor, t: Tangent) -> Tangent:
+    return None if t is None else factor * t
+
+
+def select(cond, a: Tangent, b: Tangent, like) -> Tangent:
+    if a is None and b is None:
+        return None
+    zero = const(0.0, like)
+    return tirx.Select(cond, zero if a is None else a, zero if b is None else b)
+
+
+def _arg(i: int = 0) -> Callable:
+    return lambda e: e.args[i]
+
+
+def _unary(dfdx: Callable) -> Callable:
+    """Rule for f(x): df = f'(x)·dx, with f'(x) written in terms of e = f(x) and x."""
+    return lambda e, d: scale(dfdx(e, e.args[0]), d(e.args[0]))
+
+
+def _zero(e, d) -> Tangent:
+    return None
+
+
+def _pow(e, d):
+    x, y = e.args
+    dx, dy = d(x), d(y)
+    return add(scale(y * tirx.pow(x, y - const(1.0, y)), dx), scale(e * tirx.log(x), dy))
+
+
+def _atan2(e, d):
+    y, x = e.args
+    r2 = x * x + y * y
+    return sub(scale(x / r2, d(y)), scale(y / r2, d(x)))
+
+
+def _hypot(e, d):
+    a, b = e.args
+    return add(scale(a / e, d(a)), scale(b / e, d(b)))
+
+
+def _fmod(e, d):
+    # fmod(a, b) = a - b·trunc(a/b), and trunc is piecewise constant.
+    a, b = e.args
+    return sub(d(a), scale(tirx.trunc(a / b), d(b)))
+
+
+def _copysign(e, d):
+    # copysign(x, y) = ±x with the sign of y: piecewise ±identity in x, constant in y.
+    x, y = e.args
+    flip = tirx.Select((x >= const(0.0, x)) == (y >= const(0.0, y)), const(1.0, x), const(-1.0, x))
+    return scale(flip, d(x))
+
+
+def _fma(e, d):
+    a, b, c = e.args
+    return add(add(scale(b, d(a)), scale(a, d(b))), d(c))
+
+
+def _ldexp(e, d):
+    x, n = e.args
+    dx = d(x)
+    return None if dx is None else tirx.ldexp(dx, n)
+
+
+def _if_then_else(e, d):
+    cond, a, b = e.args
+    da, db = d(a), d(b)
+    if da is None and db is None:
+        return None
+    zero = const(0.0, e)
+    return tirx.if_then_else(cond, zero if da is None else da, zero if db is None else db)
+
+
+def _fabs(e, d):
+    x = e.args[0]
+    return select(x >= const(0.0, x), d(x), scale(const(-1.0, x), d(x)), e)
+
+
+LN2, LN10 = math.log(2.0), math.log(10.0)
+
+CALL_RULES: dict[str, Callable] = {
+    "tirx.exp": _unary(lambda e, x: e),
+    "tirx.exp2": _unary(lambda e, x: e * const(LN2, e)),
+    "tirx.exp10": _unary(lambda e, x: e * const(LN10, e)),
+    "tirx.log": _unary(lambda e, x: const(1.0, x) / x),
+    "prim.log2": _unary(lambda e, x: const(1.0 / LN2, x) / x),
+    "tirx.log10": _unary(lambda e, x: const(1.0 / LN10, x) / x),
+    "tirx.log1p": _unary(lambda e, x: const(1.0, x) / (x + const(1.0, x))),
+    "tirx.sqrt": _unary(lambda e, x: const(0.5, e) / e),
+    "tirx.rsqrt": _unary(lambda e, x: const(-0.5, e) * e * e * e),
+    "tirx.sin": _unary(lambda e, x: tirx.cos(x)),
+    "tirx.cos": _unary(lambda e, x: -tirx.sin(x)),
+    "tirx.tan": _unary(lambda e, x: const(1.0, e) + e * e),
+    "tirx.sinh": _unary(lambda e, x: tirx.cosh(x)),
+    "tirx.cosh": _unary(lambda e, x: tirx.sinh(x)),
+    "tirx.tanh": _unary(lambda e, x: const(1.0, e) - e * e),
+    "tirx.asin": _unary(lambda e, x: tirx.rsqrt(const(1.0, x) - x * x)),
+    "tirx.acos": _unary(lambda e, x: -tirx.rsqrt(const(1.0, x) - x * x)),
+    "tirx.atan": _unary(lambda e, x: const(1.0, x) / (const(1.0, x) + x * x)),
+    "tirx.asinh": _unary(lambda e, x: tirx.rsqrt(x * x + const(1.0, x))),
+    "tirx.acosh": _unary(lambda e, x: tirx.rsqrt(x * x - const(1.0, x))),
+    "tirx.atanh": _unary(lambda e, x: const(1.0, x) / (const(1.0, x) - x * x)),
+    "tirx.erf": _unary(lambda e, x: const(2.0 / math.sqrt(math.pi), x) * tirx.exp(-(x * x))),
+    "tirx.sigmoid": _unary(lambda e, x: e * (const(1.0, e) - e)),
+    "tirx.fabs": _fabs,
+    "tirx.pow": _pow,
+    "tirx.atan2": _atan2,
+    "tirx.hypot": _hypot,
+    "tirx.fmod": _fmod,
+    "tirx.copysign": _copysign,
+    "tirx.fma": _fma,
+    "tirx.ldexp": _ldexp,
+    "tirx.nextafter": lambda e, d: d(e.args[0]),
+    "prim.if_then_else": _if_then_else,
+    # Piecewise constant: derivative zero almost everywhere.
+    "tirx.floor": _zero,
+    "prim.ceil": _zero,
+    "tirx.trunc": _zero,
+    "tirx.round": _zero,
+    "tirx.nearbyint": _zero,
+}
+
+
+def _div(e, d):
+    da, db = d(e.a), d(e.b)
+    # d(a/b) = da/b − (a/b)·db/b; keeping da/b apart lets zero elimination see da's condition.
+    return sub(None if da is None else da / e.b, scale(e / e.b, db))
+
+
+def _call(e, d):
+    if is_load(e):
+        raise AssertionError("tensor reads are leaves")
+    rule = CALL_RULES.get(e.op.name)
+    if rule is None:
+        raise NoDerivativeRule(f"intrinsic {e.op.name!r}")
+    return rule(e, d)
+
+
+def _let(e, d):
+    # Let v = value in body: the tangent of v is d(value), substituted where body uses v.
+    return d.with_binding(e.var, d(e.value))(e.body)
+
+
+NODE_RULES: dict[type, Callable] = {
+    tirx.Add: lambda e, d: add(d(e.a), d(e.b)),
+    tirx.Sub: lambda e, d: sub(d(e.a), d(e.b)),
+    tirx.Mul: lambda e, d: add(scale(e.b, d(e.a)), scale(e.a, d(e.b))),
+    tirx.Div: _div,
+    # Float floordiv is floor(a/b): piecewise constant.
+    tirx.FloorDiv: _zero,
+    tirx.FloorMod: lambda e, d: sub(d(e.a), scale(tirx.floor(e.a / e.b), d(e.b))),
+    tirx.Min: lambda e, d: select(e.a <= e.b, d(e.a), d(e.b), e),
+    tirx.Max: lambda e, d: select(e.a >= e.b, d(e.a), d(e.b), e),
+    tirx.Select: lambda e, d: select(e.condition, d(e.true_value), d(e.false_value), e),
+    tirx.Cast: lambda e, d: None if (dv := d(e.value)) is None else tirx.Cast(str(e.ty.dtype), dv),
+    tirx.Let: _let,
+    tirx.FloatImm: _zero,
+    Call: _call,
+}
+
+
+class _Differentiator:
+    """d(e) with memoization on node identity (TIR exprs are DAGs: `sigmoid(x)` is reused)."""
+
+    def __init__(self, seed: Callable, bindings: dict):
+        self.seed, self.bindings, self.memo = seed, bindings, {}
+
+    def with_binding(self, var, tangent) -> "_Differentiator":
+        return _Differentiator(self.seed, {**self.bindings, var: tangent})
+
+    def __call__(self, e) -> Tangent:
+        if not is_float(e):
+            return None
+        key = hash(e)  # node identity; the memo keeps e alive so the address stays unique
+        if key not in self.memo:
+            self.memo[key] = (e, self._rule(e))
+        return self.memo[key][1]
+
+    def _rule(self, e) -> Tangent:
+        if isinstance(e, Var):
+            return self.bindings[e] if e in self.bindings else self.seed(e)
+        if is_load(e):
+            return self.seed(e)
+        rule = NODE_RULES.get(type(e))
+        if rule is None:
+            raise NoDerivativeRule(f"expression node {type(e).__name__}")
+        return rule(e, self)
+
+
+def jvp(expr, seed: Callable) -> Tangent:
+    """The tangent of `expr` given `seed(leaf)` (a tangent or None) for its reads and variables."""
+    return _Differentiator(seed, {})(expr)
