@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from tvm import te, tirx
+import tvm
+from tvm import sym, te, tirx
 
+from .errors import DifferentiationError
 from .graph import compute_op, is_load, make_compute, same_tensor
 from .reductions import component_kind, multi_reduce, substitute
 from .rules import add, const, is_float, jvp
@@ -46,6 +48,47 @@ def read_seed(X: te.Tensor, j: Sequence) -> Callable:
 def _fresh_reduce_axes(axes: Sequence[tirx.IterVar]) -> list[tirx.IterVar]:
     return [te.reduce_axis((iv.dom.min, iv.dom.min + iv.dom.extent), name=iv.var.name + "_r")
             for iv in axes]
+
+
+def _uses(e, names: set) -> bool:
+    return any(v in names for v in tvm.tirx.analysis.undefined_vars(e))
+
+
+def reduce_box(op: te.ComputeOp) -> list[tuple]:
+    """[(lo_r, extent_r)] per reduce axis r: a box that contains op's reduce domain for every output
+    index i and does not depend on i.
+
+    A reduce axis may range over [lo_r(i), hi_r(i)) (adaptive pooling).  Once the output axes become
+    reduction variables themselves (in an adjoint, or in a forward helper over (i, k)), the domain
+    must not depend on them: take the box [min_i lo_r(i), max_i hi_r(i)) and test membership
+    `in_reduce_domain` in the summand, as an Iverson bracket."""
+    out_vars = {iv.var for iv in op.axis}
+    dom = {iv.var: sym.IntervalSet(iv.dom.min, iv.dom.min + iv.dom.extent - 1) for iv in op.axis}
+    ana = sym.Analyzer()
+    box = []
+    for rv in op.reduce_axis:
+        lo, hi = rv.dom.min, rv.dom.min + rv.dom.extent
+        if _uses(lo, out_vars) or _uses(hi, out_vars):
+            lo, hi = ana.int_set(lo, dom).min_value, ana.int_set(hi, dom).max_value
+            if any(_uses(b, out_vars) or "inf" in str(b) for b in (lo, hi)):
+                raise DifferentiationError(
+                    f"cannot bound the domain of reduce axis {rv.var.name} of op {op.name!r}: "
+                    f"[{rv.dom.min}, {rv.dom.min + rv.dom.extent}) over its output axes.")
+        box.append((ana.simplify(lo), ana.simplify(hi - lo)))
+    return box
+
+
+def in_reduce_domain(op: te.ComputeOp, vmap: dict):
+    """[k ∈ dom_k(i)] for the reduce axes whose domain depends on the output axes, with op's
+    variables renamed by vmap; None when every domain is a constant box."""
+    out_vars = {iv.var for iv in op.axis}
+    conds = []
+    for rv in op.reduce_axis:
+        lo, hi = rv.dom.min, rv.dom.min + rv.dom.extent
+        if _uses(lo, out_vars) or _uses(hi, out_vars):
+            k = vmap.get(rv.var, rv.var)
+            conds += [k >= substitute(lo, vmap), k < substitute(hi, vmap)]
+    return tirx.all(*conds) if conds else None
 
 
 class EdgeBuilder:
@@ -97,7 +140,7 @@ class EdgeBuilder:
         key = (op, w)
         if key not in self._pair:
             self._pair[key] = _pair_derivatives(op, w)
-        idx = [iv.var for iv in op.axis] + [rv.var - rv.dom.min for rv in op.reduce_axis]
+        idx = [iv.var for iv in op.axis] + [rv.var - lo for rv, (lo, _) in zip(op.reduce_axis, reduce_box(op))]
         return {v: t(*idx) for v, t in self._pair[key].items()}
 
     # -- the contribution tensor --------------------------------------------------------------------
@@ -115,7 +158,9 @@ class EdgeBuilder:
             terms = [(h, t) for h, t in self.terms(op, heads, X, j) if t is not None]
             if not terms:
                 return None
-            new_axes = _fresh_reduce_axes(out_axes + red_axes)
+            new_axes = _fresh_reduce_axes(out_axes) + [
+                te.reduce_axis((lo, lo + ext), name=rv.var.name + "_r")
+                for rv, (lo, ext) in zip(red_axes, reduce_box(op))]
             vmap = {iv.var: r.var for iv, r in zip(out_axes + red_axes, new_axes)}
             i = [vmap[iv.var] for iv in out_axes]
             total = None
@@ -124,6 +169,9 @@ class EdgeBuilder:
                 total = add(total, h(p, i) * t)
             if str(total.ty.dtype) != dtype:
                 total = tirx.Cast(dtype, total)
+            inside = in_reduce_domain(op, vmap)
+            if inside is not None:
+                total = tirx.Select(inside, total, const(0.0, total))
             return te.sum(total, axis=new_axes) if new_axes else total
 
         return make_compute(name, list(prefix) + list(X.shape), body)
@@ -176,19 +224,27 @@ def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:
                                 list(comb.identity_element) + [const(0.0, dx[c]) for c in floats])
     red = list(op.reduce_axis)
     out_axes = list(op.axis)
-    shape = [iv.dom.extent for iv in out_axes] + [rv.dom.extent for rv in red]
+    box = reduce_box(op)
+    shape = [iv.dom.extent for iv in out_axes] + [ext for _, ext in box]
 
     def body(*ik):
         i, k = ik[:len(out_axes)], ik[len(out_axes):]
-        new_red = _fresh_reduce_axes(red)
+        # The reduce axes range over the box; outside op's own domain (for this i) the sources are
+        # the combiner's identity with zero tangent, which leaves the reduction unchanged.
+        new_red = [te.reduce_axis((lo, lo + ext), name=rv.var.name + "_r")
+                   for rv, (lo, ext) in zip(red, box)]
         vmap = {**{a.var: b.var for a, b in zip(red, new_red)},
                 **{a.var: b for a, b in zip(out_axes, i)}}
-        here = tirx.all(*[rv.var - rv.dom.min == kk for rv, kk in zip(new_red, k)]) if k else TRUE
+        here = tirx.all(*[rv.var - lo == kk for rv, (lo, _), kk in zip(new_red, box, k)]) if k else TRUE
         sources = [substitute(s, vmap) for s in r0.source]
+        inside = in_reduce_domain(op, vmap)
+        if inside is not None:
+            sources = [tirx.Select(inside, s, e) for s, e in zip(sources, comb.identity_element)]
         sources += [tirx.Select(here, const(1.0, sources[c]), const(0.0, sources[c])) if c == w
                     else const(0.0, sources[c]) for c in floats]
-        return tuple(multi_reduce(combiner, sources, new_red, values=range(n, n + len(floats))))
+        # TE needs every value of a multi-valued reduction in the op; D_w· are the tangent values.
+        return tuple(multi_reduce(combiner, sources, new_red))
 
     tensors = te.compute(shape, body, name=op.name + "_pair_d")
     tensors = tensors if isinstance(tensors, (list, tuple)) else [tensors]
-    return dict(zip(floats, tensors))
+    return dict(zip(floats, tensors[n:]))

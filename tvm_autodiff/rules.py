@@ -97,8 +97,9 @@ def _fmod(e, d):
 def _copysign(e, d):
     # copysign(x, y) = ±x with the sign of y: piecewise ±identity in x, constant in y.
     x, y = e.args
-    flip = tirx.Select((x >= const(0.0, x)) == (y >= const(0.0, y)), const(1.0, x), const(-1.0, x))
-    return scale(flip, d(x))
+    zero = const(0.0, x)
+    same_sign = tirx.Or(tirx.And(x >= zero, y >= zero), tirx.And(x < zero, y < zero))
+    return scale(tirx.Select(same_sign, const(1.0, x), const(-1.0, x)), d(x))
 
 
 def _fma(e, d):
@@ -187,8 +188,16 @@ def _call(e, d):
 
 
 def _let(e, d):
-    # Let v = value in body: the tangent of v is d(value), substituted where body uses v.
-    return d.with_binding(e.var, d(e.value))(e.body)
+    """d(let v = a in b) = let v = a, dv = da in db, where db sees dv as v's tangent.
+
+    db mentions v (e.g. d sin(v) = cos(v)·dv), so it must stay inside v's binding."""
+    dvalue = d(e.value)
+    if dvalue is None:
+        body = d.with_binding(e.var, None)(e.body)
+        return None if body is None else tirx.Let(e.var, e.value, body)
+    dvar = tirx.Var("d" + e.var.name, str(dvalue.ty.dtype))
+    body = d.with_binding(e.var, dvar)(e.body)
+    return None if body is None else tirx.Let(e.var, e.value, tirx.Let(dvar, dvalue, body))
 
 
 NODE_RULES: dict[type, Callable] = {
@@ -199,6 +208,8 @@ NODE_RULES: dict[type, Callable] = {
     # Float floordiv is floor(a/b): piecewise constant.
     tirx.FloorDiv: _zero,
     tirx.FloorMod: lambda e, d: sub(d(e.a), scale(tirx.floor(e.a / e.b), d(e.b))),
+    # Float truncmod (tirx.truncmod gives Mod) is a - b·trunc(a/b), like fmod.
+    tirx.Mod: lambda e, d: sub(d(e.a), scale(tirx.trunc(e.a / e.b), d(e.b))),
     tirx.Min: lambda e, d: select(e.a <= e.b, d(e.a), d(e.b), e),
     tirx.Max: lambda e, d: select(e.a >= e.b, d(e.a), d(e.b), e),
     tirx.Select: lambda e, d: select(e.condition, d(e.true_value), d(e.false_value), e),
