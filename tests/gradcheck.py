@@ -95,7 +95,7 @@ def make_values(tensors: Sequence[te.Tensor], rng, gens: Optional[Mapping] = Non
     for t in tensors:
         shape, dtype = concrete_shape(t, sizes), str(t.dtype)
         gen = gens.get(t, normal if is_float(t) else integers(0, 3))
-        vals.append(np.ascontiguousarray(gen(rng, shape, dtype)))
+        vals.append(np.array(gen(rng, shape, dtype), dtype=dtype, order="C"))  # keeps 0-d arrays 0-d
     return vals
 
 
@@ -164,7 +164,7 @@ def check_grad(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None, 
     rng = np.random.default_rng(seed)
     for size in sizes:
         values = make_values(h.params, rng, gens, size)
-        head = normal(rng, concrete_shape(output, size), dtype)
+        head = np.array(normal(rng, concrete_shape(output, size), dtype), dtype=dtype)
         fwd, grads, _ = h.run(values, head)
         if reference is not None and fwd is not None:
             ref = reference(*values)
