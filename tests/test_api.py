@@ -389,3 +389,17 @@ def test_float32_gradcheck_api():
     Y = te.compute((5,), lambda i: te.tanh(A[i]) * A[i], name="Y")
     check_grad(Y, [A], full=True)
     check_jacobian(Y, A)
+
+
+# -- the checker itself ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("full", [True, False])
+def test_gradcheck_detects_a_wrong_gradient(full):
+    A = ph((3, 4), "A")
+    Y = te.compute((3, 4), lambda i, j: te.exp(A[i, j]), name="Y")
+    off = {(Y, A): lambda out, inp, head: te.compute((3, 4), lambda i, j: head[i, j] * out[i, j] * 1.001,
+                                                     name="dA_off")}
+    check_grad(Y, [A], manual={(Y, A): lambda out, inp, head: te.compute(
+        (3, 4), lambda i, j: head[i, j] * out[i, j], name="dA_ok")}, full=full)
+    with pytest.raises(AssertionError):
+        check_grad(Y, [A], manual=off, full=full)

@@ -539,6 +539,26 @@ def _():
     return topi.nn.adaptive_pool(X, (2, 3), "avg"), [X]
 
 
+@case("adaptive-pool-max")
+def _():
+    X = ph((1, 2, 5, 5), "X")
+    return topi.nn.adaptive_pool(X, (2, 3), "max"), [X], {"gens": {X: distinct}}
+
+
+@case("reduce-prod-output-dependent-domain")
+def _():
+    # The reduce axis ranges over [0, i + 1): its domain depends on the output axis.
+    A = ph((4, 4), "A")
+    prod = te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")
+
+    def body(i):
+        k = te.reduce_axis((0, i + 1), name="k")
+        return prod(A[i, k], axis=k)
+    Y = te.compute((4,), body, name="Y")
+    return Y, [A], {"gens": {A: uniform(0.5, 1.5)},
+                    "reference": lambda a: np.array([a[i, :i + 1].prod() for i in range(4)])}
+
+
 @case("softmax")
 def _():
     X = ph((3, 5), "X")
