@@ -1,31 +1,53 @@
 """Compile forward and gradient tensors into one callable.
 
 `build(outputs, inputs)` makes one PrimFunc over every output, so tensors that several outputs
-share (forward values that the gradient reads) are computed once.
+share (forward values that the gradient reads) are computed once.  The PrimFunc is scheduled
+(`schedule.py`, or meta_schedule in `tuning.py`) and compiled for CPU (llvm) or CUDA; compiled
+modules are cached per (PrimFunc structure, target, schedule) within the process.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import sym, te, tirx
 
+from . import schedule as _schedule
 from .errors import DifferentiationError
 from .graph import TensorMap, placeholders, unique_tensors
 from .reductions import fold_where_init, substitute
 
+_CACHE: dict = {}
+
 
 class Compiled:
-    """A compiled module: call it with numpy (or DLPack) arrays for `inputs`, get numpy outputs."""
+    """A compiled module: call it with numpy (or DLPack) arrays for `inputs`, get numpy outputs.
 
-    def __init__(self, executable, inputs, outputs, device, single):
+    `executable` is the tvm.runtime.Executable; `func` the scheduled PrimFunc; `target` the
+    target it was compiled for; `source` the generated CUDA C (GPU targets) or LLVM IR.
+    """
+
+    def __init__(self, executable, inputs, outputs, target, func, single):
         # The kernel writes each distinct computed tensor once; outputs that repeat, or that are
         # inputs themselves (a head passed straight through), are filled in from those.
         self.executable, self.inputs, self.requested = executable, inputs, outputs
         given = TensorMap((t, None) for t in inputs)
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
-        self.device, self.single = device, single
+        self.target, self.func, self.single = target, func, single
+        self.is_cuda = target.kind.name == "cuda"
+
+    @property
+    def device(self):
+        return tvm.cuda(0) if self.is_cuda else tvm.cpu(0)
+
+    @property
+    def source(self) -> str:
+        """The device code: CUDA C for CUDA targets, LLVM IR otherwise."""
+        if self.is_cuda:
+            return next(m for m in self.executable.mod.imports if m.kind == "cuda").inspect_source()
+        return self.executable.mod.inspect_source("ll")
 
     def _bind(self, arrays) -> dict:
         if len(arrays) != len(self.inputs):
@@ -46,27 +68,104 @@ class Compiled:
                                      f"got {tuple(a.shape)}")
         return env
 
-    def __call__(self, *arrays):
+    def _check_device(self):
+        if self.is_cuda and not tvm.cuda(0).exist:
+            raise RuntimeError("this module was compiled for CUDA but no CUDA device is present; "
+                               "its kernels are in `.source` (compile them with compile_ptx)")
+
+    def prepare(self, *arrays) -> list:
+        """Device tensors for one call: the inputs (64-byte aligned copies, which the compiled
+        code assumes) followed by freshly allocated outputs.  `self.executable(*args)` then runs
+        the kernel alone, with no conversion, e.g. for timing."""
+        self._check_device()
         arrays = [np.asarray(a) if not hasattr(a, "__dlpack__") or isinstance(a, np.ndarray)
                   else np.from_dlpack(a) for a in arrays]
         env = self._bind(arrays)
         ana = sym.Analyzer()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in arrays]
-        outs = []
+        dev = self.device
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
         for t in self.outputs:
             shape = [int(ana.simplify(substitute(d, {v: tirx.const(n, str(v.ty.dtype))
                                                      for v, n in env.items()}))) for d in t.shape]
-            outs.append(tvm.runtime.empty(shape, str(t.dtype), self.device))
-        self.executable(*args, *outs)
-        values = TensorMap([*zip(self.inputs, arrays), *((t, o.numpy()) for t, o in zip(self.outputs, outs))])
+            args.append(tvm.runtime.empty(shape, str(t.dtype), dev))
+        return args
+
+    def __call__(self, *arrays):
+        args = self.prepare(*arrays)
+        self.executable(*args)
+        n = len(self.inputs)
+        values = TensorMap([*zip(self.inputs, (a.numpy() for a in args[:n])),
+                            *((t, o.numpy()) for t, o in zip(self.outputs, args[n:]))])
         result = [np.array(values[t]) for t in self.requested]
         return result[0] if self.single else result
 
+    def time(self, *arrays, number: int = 10, repeat: int = 5, min_repeat_ms: int = 0) -> float:
+        """Median seconds of one kernel call, measured by TVM's time_evaluator on prepared
+        tensors (`repeat` samples of `number` calls each, after one warm-up call)."""
+        args = self.prepare(*arrays)
+        timer = self.executable.mod.time_evaluator("main", self.device, number=number,
+                                                   repeat=repeat, min_repeat_ms=min_repeat_ms)
+        self.executable(*args)
+        return float(timer(*args).median)
+
+
+def resolve_target(target) -> tvm.target.Target:
+    """A Target from "llvm", "cuda", a dict or a Target.  llvm gets this host's CPU name and core
+    count when not given; cuda gets the device's arch, or sm_80 when there is no GPU."""
+    if isinstance(target, tvm.target.Target):
+        return target
+    spec = {"kind": target} if isinstance(target, str) else dict(target)
+    if spec.get("kind") == "llvm":
+        return _schedule.cpu_target(**{k: v for k, v in spec.items() if k != "kind"})
+    if spec.get("kind") == "cuda":
+        spec.setdefault("arch", _schedule.cuda_arch())
+    return tvm.target.Target(spec)
+
+
+def compile_ptx(source, arch: Optional[str] = None) -> bytes:
+    """PTX for CUDA C `source` (a string or a CUDA `Compiled`), compiled with nvcc.  TVM compiles
+    CUDA C only when a module is loaded on a GPU, so this is how to check it without one."""
+    from tvm.support import nvcc
+
+    if isinstance(source, Compiled):
+        arch = arch or str(source.target.attrs.get("arch", "sm_80"))
+        source = source.source
+    arch = arch or _schedule.cuda_arch()
+    with tvm.target.Target({"kind": "cuda", "arch": arch}):   # compile_cuda reads Target.current()
+        return nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc")
+
+
+def _lower(func, target, schedule, trials, work_dir, runner):
+    if target.kind.name == "cuda":
+        if schedule == "tune":
+            raise NotImplementedError("schedule='tune' is implemented for llvm targets")
+        # Unscheduled code compiled for CUDA silently becomes a host loop, so CUDA always gets
+        # the GPU schedule.
+        return _schedule.schedule_gpu(func, target)
+    if schedule is None:
+        return func
+    if schedule == "default":
+        return _schedule.schedule_cpu(func)
+    if schedule == "tune":
+        from .tuning import tune
+        return tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
+    raise ValueError(f"schedule must be 'default', 'tune' or None, not {schedule!r}")
+
 
 def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
-          schedule: str | None = None) -> Compiled:
+          schedule: str | None = "default", *, trials: int = 64, work_dir: str | None = None,
+          runner=None) -> Compiled:
     """Compile `outputs` (a tensor or a list) as one kernel taking the placeholders `inputs`
-    (default: every placeholder they read, in first-use order)."""
+    (default: every placeholder they read, in first-use order).
+
+    target: "llvm" (this CPU, all cores), "cuda" (the device's arch, or sm_80 without a GPU), a
+        dict such as {"kind": "cuda", "arch": "sm_86"}, or a tvm.target.Target.
+    schedule: "default" (a schedule for every block: inlining, parallel and vector loops),
+        None (unscheduled serial loops; CPU only), or "tune" (meta_schedule with `trials`
+        measured candidates; records persist in `work_dir`, default ~/.cache/tvm_autodiff/tune,
+        and a later build of the same graph reuses them).  `runner` measures elsewhere, e.g.
+        `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
+    """
     single = isinstance(outputs, te.Tensor)
     outputs = [outputs] if single else list(outputs)
     inputs = placeholders(outputs) if inputs is None else list(inputs)
@@ -78,7 +177,19 @@ def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
     missing = [t.name for t in placeholders(outputs) if t not in given]
     if missing:
         raise DifferentiationError(f"the outputs read placeholders {missing} that are not in inputs")
+    target = resolve_target(target)
+    # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
     computed = [t for t in unique_tensors(lowered) if t not in given]
-    executable = tvm.compile(te.create_prim_func(inputs + computed), target=target)
-    return Compiled(executable, inputs, lowered, tvm.cpu(), single)
+    func = te.create_prim_func(inputs + computed)
+    # A PrimFunc holds no te.Tensor, so it hashes and compares structurally.
+    key = (tvm_ffi.StructuralKey(func), str(target), schedule)
+    if key not in _CACHE:
+        scheduled = _lower(func, target, schedule, trials, work_dir, runner)
+        executable = tvm.compile(scheduled, target=target)
+        if target.kind.name == "cuda" and not any(m.kind == "cuda" for m in executable.mod.imports):
+            raise RuntimeError("CUDA compilation produced no kernel (the function was not scheduled "
+                               "for the GPU)")
+        _CACHE[key] = (executable, scheduled)
+    executable, scheduled = _CACHE[key]
+    return Compiled(executable, inputs, lowered, target, scheduled, single)

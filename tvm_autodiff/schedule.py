@@ -1,0 +1,424 @@
+"""Default schedules for arbitrary (gradient) PrimFuncs, on CPU and on CUDA.
+
+TVM 0.27 has no default schedule for arbitrary TE: an unscheduled PrimFunc runs as serial scalar
+loops, and on CUDA it even compiles into a host loop with no kernel.  Gradient graphs mix every
+kind of block (injective, reductions over many axes, selects, and the nested blocks that
+`create_prim_func` emits for reductions whose extent depends on outer spatial variables), so each
+block gets a plan that is built from a few primitives, and a primitive that does not apply to a
+block is skipped for that block only.  A plan runs on a copy of the schedule and is kept only if
+every step in it succeeded, so a half-applied plan never leaks into the result.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir import Call
+from tvm.s_tir import dlight
+
+# Calls that cost tens of cycles: such a producer is not inlined into a consumer that would
+# evaluate it more than once per element.
+_EXPENSIVE = {"tirx.exp", "tirx.log", "tirx.pow", "tirx.tanh", "tirx.sigmoid", "tirx.sqrt",
+              "tirx.rsqrt", "tirx.erf", "tirx.exp2", "tirx.log2", "tirx.log1p", "tirx.fmod"}
+_GPU_THREADS = 256   # threads per block for blocks that dlight leaves unbound
+# What a primitive that does not apply raises: ScheduleError (a RuntimeError), TVM's
+# InternalError (also a RuntimeError), or our own ValueError to abandon a plan.
+_PLAN_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def host_cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_target(num_cores: Optional[int] = None, **attrs) -> tvm.target.Target:
+    """llvm target for this host: the real CPU name (`mcpu="native"` is not resolved by TVM 0.27)
+    and `num-cores`, which meta_schedule requires and the parallel runtime uses."""
+    mcpu = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")()
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores or host_cores(),
+                              **attrs})
+
+
+def cuda_arch() -> str:
+    """The arch of CUDA device 0, or sm_80 when there is no GPU."""
+    dev = tvm.cuda(0)
+    return "sm_" + dev.compute_version.replace(".", "") if dev.exist else "sm_80"
+
+
+# ---------------------------------------------------------------------------------------------
+# Block analysis
+
+
+class _BlockInfo:
+    """What a plan needs to know about one block, read from the PrimFunc."""
+
+    def __init__(self, realize, top_level: bool, params):
+        block = realize.block
+        self.name = block.name_hint
+        self.top_level = top_level          # directly under the root block
+        self.iter_vars = list(block.iter_vars)
+        self.bindings = list(realize.iter_values)
+        self.reads, self.writes = list(block.reads), list(block.writes)
+        # Writes a function parameter (an output); such a block must not be inlined away.
+        self.is_output = any(w.source.same_as(p) for w in self.writes for p in params)
+        self.has_children = _contains_block(block.body)
+        self.is_reduction = any(iv.iter_type == tirx.IterVar.CommReduce for iv in self.iter_vars)
+        self.expensive = _has_expensive_call(block.body)
+
+    @property
+    def injective(self) -> bool:
+        return not self.is_reduction and not self.has_children
+
+    def volume(self) -> Optional[int]:
+        n = 1
+        for iv in self.iter_vars:
+            if not isinstance(iv.dom.extent, tirx.IntImm):
+                return None
+            n *= int(iv.dom.extent)
+        return n
+
+
+def _contains_block(stmt) -> bool:
+    hit = tvm_ffi.structural_walk(
+        stmt, (s_tir.SBlockRealize, lambda _: tvm_ffi.VisitInterrupt(True)))
+    return hit is not None
+
+
+def _has_expensive_call(stmt) -> bool:
+    hit = tvm_ffi.structural_walk(
+        stmt, (Call, lambda c: tvm_ffi.VisitInterrupt(True) if c.op.name in _EXPENSIVE else None))
+    return hit is not None
+
+
+def _info_of(sch: s_tir.Schedule, name: str) -> _BlockInfo:
+    return next(i for i in block_infos(sch.mod["main"]) if i.name == name)
+
+
+def block_infos(func: tirx.PrimFunc) -> list[_BlockInfo]:
+    """Every block except the root, producers first."""
+    infos = []
+
+    def visit(node, depth):
+        for realize in _child_realizes(node):
+            infos.append(_BlockInfo(realize, depth == 0, func.params))
+            visit(realize.block.body, depth + 1)
+
+    visit(func.body.block.body, 0)
+    return infos
+
+
+def _child_realizes(stmt) -> list:
+    """The block realizes directly inside `stmt` (not inside nested blocks)."""
+    found = []
+
+    def pre(node):
+        if isinstance(node, s_tir.SBlockRealize):
+            found.append(node)
+            return tvm_ffi.WalkResult.SKIP
+        return None
+
+    tvm_ffi.structural_walk(stmt, pre, order="pre")
+    return found
+
+
+def _uses(expr, var) -> bool:
+    hit = tvm_ffi.structural_walk(
+        expr, (tirx.Var, lambda v: tvm_ffi.VisitInterrupt(True) if v.same_as(var) else None))
+    return hit is not None
+
+
+def _contiguous(info: _BlockInfo, var, output_dim: bool = True) -> bool:
+    """Whether block iter var `var` indexes only the last dimension of the written buffer (unless
+    not `output_dim`, for reduction vars) and of every read buffer that it indexes at all: then
+    vectorizing it gives contiguous loads and stores (or broadcasts) instead of gathers."""
+    regions = [(r, output_dim) for r in info.writes] + [(r, False) for r in info.reads]
+    for region, must_use in regions:
+        dims = [_uses(rng.min, var) or _uses(rng.extent, var) for rng in region.region]
+        if not dims:
+            return False
+        if any(dims[:-1]) or (must_use and not dims[-1]):
+            return False
+    return True
+
+
+def _loop_kinds(sch: s_tir.Schedule, block, info: _BlockInfo) -> list[str]:
+    """'S' or 'R' per loop of `block` (by the iter vars its loop var feeds), 'O' when mixed/none."""
+    kinds = []
+    for loop in sch.get_loops(block):
+        var = sch.get(loop).loop_var
+        types = {iv.iter_type for iv, b in zip(info.iter_vars, info.bindings) if _uses(b, var)}
+        kinds.append({frozenset([tirx.IterVar.DataPar]): "S",
+                      frozenset([tirx.IterVar.CommReduce]): "R"}.get(frozenset(types), "O"))
+    return kinds
+
+
+def _const_extent(sch, loop) -> Optional[int]:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying plans safely
+
+
+def _try(sch: s_tir.Schedule, plan: Callable[[s_tir.Schedule], None]) -> s_tir.Schedule:
+    """`sch` after `plan`, or `sch` unchanged when any step of the plan fails."""
+    trial = sch.copy()
+    try:
+        plan(trial)
+    except _PLAN_ERRORS:
+        return sch
+    return trial
+
+
+def inline_injective(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """Inline every injective block into its consumers where legal and not wasteful, then
+    reverse-inline injective output blocks into injective producers."""
+    infos = block_infos(sch.mod["main"])
+    volumes = {i.name: i.volume() for i in infos}
+    kinds = {i.name: i for i in infos}
+    for info in infos:
+        if not info.injective or info.is_output:
+            continue
+
+        def plan(s, info=info):
+            block = s.get_sblock(info.name)
+            if info.expensive:
+                # Recomputing exp/log per read is only free when each element is read once.
+                for c in s.get_consumers(block):
+                    cv, pv = volumes.get(s.get(c).name_hint), info.volume()
+                    if cv is None or pv is None or cv > pv:
+                        raise ValueError("expensive producer read more than once per element")
+            s.compute_inline(block)
+
+        sch = _try(sch, plan)
+    for info in infos:
+        if info.injective and info.is_output and info.top_level:
+            def plan(s, info=info):
+                block = s.get_sblock(info.name)
+                producers = s.get_producers(block)
+                if len(producers) != 1 or not kinds.get(s.get(producers[0]).name_hint, info).injective:
+                    raise ValueError("reverse inline only into one injective producer")
+                s.reverse_compute_inline(block)
+
+            sch = _try(sch, plan)
+    return sch
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+
+
+def _vector_factor(extent: int, lanes: int) -> Optional[int]:
+    """A divisor of `extent` in [4, lanes], so the vector loop needs no tail: the largest multiple
+    of 8 (whole machine vectors) if any, else the largest."""
+    divisors = [f for f in range(min(extent, lanes), 3, -1) if extent % f == 0]
+    return next((f for f in divisors if f % 8 == 0), divisors[0] if divisors else None)
+
+
+def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
+    """Plan for one block: [outer spatial fused+parallel] [reductions] [row tile] [vector lanes].
+    With `need_vector`, a reduction block whose inner spatial loop cannot be vectorized fails the
+    plan, so that the caller can vectorize its reduction instead (`_cpu_rfactor_plan`)."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        if not info.top_level:
+            # Loops nested inside another block's loop nest: the enclosing block is parallel
+            # already.  Decomposing still helps: it also initializes zero-extent reductions.
+            if "R" in kinds:
+                s.decompose_reduction(block, loops[kinds.index("R")])
+            return
+        if "O" in kinds:
+            raise ValueError("loops that mix spatial and reduction iterators")
+        spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+        reduction = [l for l, k in zip(loops, kinds) if k == "R"]
+        inner, tile = [], []
+        if spatial and not info.has_children:
+            var = next((iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                        if _uses(b, s.get(spatial[-1]).loop_var)), None)
+            extent = _const_extent(s, spatial[-1])
+            factor = extent and _vector_factor(extent, lanes)
+            if var is not None and factor and _contiguous(info, var):
+                if factor < extent:
+                    spatial[-1:] = s.split(spatial[-1], factors=[None, factor])
+                inner = [spatial.pop()]
+        if need_vector and reduction and not inner:
+            raise ValueError("inner spatial loop is not vectorizable")
+        if inner and reduction and len(spatial) >= 2:
+            # Register tile: a few rows share each reduction step's vector loads.
+            extent = _const_extent(s, spatial[-1])
+            if extent and extent % 4 == 0 and extent >= 8:
+                spatial[-1:] = s.split(spatial[-1], factors=[None, 4])
+                tile = [spatial.pop()]
+        if not spatial:
+            spatial = [s.add_unit_loop(block)]
+        s.reorder(*spatial, *reduction, *tile, *inner)
+        outer = s.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        s.parallel(outer)
+        if tile:
+            s.unroll(tile[0])
+        if inner:
+            s.vectorize(inner[0])
+        if reduction:
+            s.decompose_reduction(block, reduction[0])
+
+    return plan
+
+
+def _cpu_rfactor_plan(info: _BlockInfo, lanes: int):
+    """Vectorize a reduction along its innermost reduction loop, for blocks whose inner spatial
+    loop is strided in memory (e.g. a dot product over the last axis of both operands): split that
+    loop by the vector width and rfactor the lanes into a small per-element partial-sum buffer,
+    computed inside the parallel spatial loop."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        if not info.top_level or info.has_children or "O" in kinds or "R" not in kinds:
+            raise ValueError("not a plain top-level reduction")
+        spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+        reduction = [l for l, k in zip(loops, kinds) if k == "R"]
+        var = next((iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                    if _uses(b, s.get(reduction[-1]).loop_var)), None)
+        extent = _const_extent(s, reduction[-1])
+        factor = extent and _vector_factor(extent, lanes)
+        if not factor or var is None or not _contiguous(info, var, output_dim=False):
+            raise ValueError("inner reduction loop is not vectorizable")
+        ko, ki = s.split(reduction[-1], factors=[None, factor])
+        s.reorder(*spatial, *reduction[:-1], ko, ki)
+        if not spatial:
+            spatial = [s.add_unit_loop(block)]
+        outer = s.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        # Lanes last in the partial-sum buffer, so its vector loads and stores are contiguous.
+        rf = s.rfactor(ki, factor_axis=len(info.writes[0].region))
+        s.parallel(outer)
+        s.compute_at(rf, outer)
+        rf_loops = s.get_loops(rf)[1:]
+        # Under `outer`, the only spatial loop of the partial-sum block is the lanes loop.
+        rf_kinds = _loop_kinds(s, rf, _info_of(s, s.get(rf).name_hint))[1:]
+        lanes_loop = rf_loops[rf_kinds.index("S")]
+        rf_reduction = [l for l, k in zip(rf_loops, rf_kinds) if k == "R"]
+        s.reorder(*rf_reduction, lanes_loop)
+        s.vectorize(lanes_loop)
+        s.decompose_reduction(rf, rf_reduction[0])
+        s.decompose_reduction(block, s.get_loops(block)[1])
+
+    return plan
+
+
+def _cpu_fallback_plan(info: _BlockInfo):
+    """Smaller plan when the full one does not apply: parallel outer spatial loops only."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        n = 0
+        while n < len(kinds) and kinds[n] == "S":
+            n += 1
+        if not info.top_level or n == 0:
+            raise ValueError("nothing to parallelize")
+        s.parallel(s.fuse(*loops[:n]) if n > 1 else loops[0])
+
+    return plan
+
+
+def schedule_cpu(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Default CPU schedule of `func` (every block; the thread count comes from the target's
+    num-cores at compile time)."""
+    lanes = 16   # 64-byte vectors of float32; LLVM splits them on narrower machines
+    sch = inline_injective(s_tir.Schedule(func))
+    for info in block_infos(sch.mod["main"]):
+        for plan in (_cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
+                     _cpu_plan(info, lanes, False), _cpu_fallback_plan(info)):
+            after = _try(sch, plan)
+            if after is not sch:
+                sch = after
+                break
+    return sch.mod["main"]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+def _thread_bound(sch: s_tir.Schedule, block) -> bool:
+    """Whether `block` already runs inside a thread-bound loop (its own or an ancestor's)."""
+    sref = sch.get_sref(block).parent
+    while sref is not None:
+        stmt = sref.stmt
+        if isinstance(stmt, tirx.For) and stmt.thread_binding is not None:
+            return True
+        sref = sref.parent
+    return False
+
+
+def _gpu_bind_plan(info: _BlockInfo, threads: int):
+    """Fuse the leading spatial loops into blockIdx.x x threadIdx.x; reductions stay per thread."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        if _thread_bound(s, block):
+            return
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+        rest = [l for l, k in zip(loops, kinds) if k != "S"]
+        if not spatial:
+            spatial = [s.add_unit_loop(block)]
+        elif rest:
+            s.reorder(*spatial, *rest)
+        fused = s.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        bx, tx = s.split(fused, factors=[None, threads])
+        s.bind(bx, "blockIdx.x")
+        s.bind(tx, "threadIdx.x")
+        reduction = [l for l, k in zip(rest, kinds[len(spatial):]) if k == "R"]
+        if reduction and not info.has_children:
+            s.decompose_reduction(block, reduction[0])
+
+    return plan
+
+
+def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
+    """GPU schedule: dlight's default rules for the whole function, then explicit thread binding
+    for every top-level block that they leave unbound (dlight gives up on functions whose
+    blocks it cannot normalize, e.g. nested variable-extent reductions)."""
+    rules = [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+             dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+    mod = tvm.IRModule({"main": func})
+    try:
+        with target:
+            mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+    except _PLAN_ERRORS:
+        pass   # keep the unscheduled function; every block is bound below
+    sch = s_tir.Schedule(mod["main"])
+    if not sch.mod["main"].attrs or "tirx.is_scheduled" not in sch.mod["main"].attrs:
+        sch = inline_injective(sch)
+    for info in block_infos(sch.mod["main"]):
+        if info.top_level:
+            sch = _try(sch, _gpu_bind_plan(info, _GPU_THREADS))
+    unbound = [i.name for i in block_infos(sch.mod["main"]) if i.top_level and not _thread_bound(sch, sch.get_sblock(i.name))]
+    if unbound:
+        raise RuntimeError(f"no GPU schedule for blocks {unbound}; they would run on the host")
+    return sch.mod["main"]
+
+
+def gpu_limits_ok(func: tirx.PrimFunc, target: tvm.target.Target, **limits) -> bool:
+    """`verify_gpu_code` on `func` after the partial lowering that makes thread extents visible
+    (on the raw function it ignores them).  Default limits come from the target."""
+    limits = {"max_threads_per_block": int(target.attrs.get("max_num_threads", 1024)),
+              "max_shared_memory_per_block": int(target.attrs.get("max_shared_memory_per_block", 49152)),
+              **limits}
+    mod = tirx.transform.BindTarget(target)(tvm.IRModule({"main": func}))
+    mod = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.UnifyThreadBinding(), s_tir.transform.LowerOpaqueBlock(),
+        tirx.transform.FlattenBuffer()])(mod)
+    return bool(s_tir.analysis.verify_gpu_code(mod["main"], limits))

@@ -1,0 +1,104 @@
+"""`schedule="tune"`: meta_schedule tuning with a persistent record database.
+
+Records live in one JSON database under `work_dir` (default ~/.cache/tvm_autodiff/tune), keyed by
+the structure of the PrimFunc and the target, so building the same graph again, in this process
+or a later one, reuses the best record without tuning.
+
+Measuring on another machine (e.g. a board, or a GPU host) goes through TVM's RPC runner: start a
+tracker (`python -m tvm.exec.rpc_tracker --port 9190`), register the device to it
+(`python -m tvm.exec.rpc_server --tracker HOST:9190 --key KEY`), and pass
+`runner=tvm.s_tir.meta_schedule.runner.RPCRunner(
+    tvm.s_tir.meta_schedule.runner.RPCConfig(tracker_host=HOST, tracker_port=9190, tracker_key=KEY))`
+to `build(..., schedule="tune")`.  The default is the local runner on this machine.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import tvm
+from tvm import tirx
+
+DEFAULT_WORK_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tvm_autodiff", "tune")
+
+
+def _ms():
+    # Imported lazily: meta_schedule (with its tensor intrinsics) takes tens of seconds to import.
+    from tvm.s_tir import meta_schedule
+    return meta_schedule
+
+
+def database(work_dir: Optional[str] = None):
+    """The JSON record database in `work_dir` (created when missing)."""
+    work_dir = work_dir or DEFAULT_WORK_DIR
+    os.makedirs(work_dir, exist_ok=True)
+    return _ms().database.JSONDatabase(work_dir=work_dir, module_equality="structural")
+
+
+def lookup(func: tirx.PrimFunc, target: tvm.target.Target, work_dir: Optional[str] = None):
+    """The best recorded schedule of `func` for `target` as a PrimFunc, or None."""
+    sch = _ms().tir_integration.compile_tir(database(work_dir), func, target)
+    return None if sch is None else sch.mod["main"]
+
+
+def _progress_callback(total: int):
+    """A measure callback that advances a progress bar (tqdm when installed) per measured trial."""
+    ms = _ms()
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="tuning", unit="trial")
+    except ImportError:
+        bar = None
+
+    @ms.utils.derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            if bar is not None:
+                bar.update(len(measure_candidates))
+            else:
+                Progress.done += len(measure_candidates)
+                print(f"tuning: {Progress.done}/{total} trials measured", flush=True)
+
+    return Progress(), bar
+
+
+def tune(func: tirx.PrimFunc, target: tvm.target.Target, trials: int = 64,
+         work_dir: Optional[str] = None, runner=None, retune: bool = False) -> tirx.PrimFunc:
+    """The best schedule of `func` found by meta_schedule within `trials` measured candidates.
+
+    A record already in the database is reused without tuning unless `retune`.  `runner` is a
+    meta_schedule runner (default: local; see the module docstring for RPC).  Tuning measures on
+    `target`, which must carry `num-cores`.
+    """
+    if not retune:
+        found = lookup(func, target, work_dir)
+        if found is not None:
+            return found
+    ms = _ms()
+    work_dir = work_dir or DEFAULT_WORK_DIR
+    try:
+        import xgboost  # noqa: F401  (the default cost model needs it)
+        cost_model = "xgb"
+    except ImportError:
+        cost_model = "random"
+    progress, bar = _progress_callback(trials)
+    try:
+        ms.tune_tir(func, target, work_dir=work_dir, max_trials_global=trials,
+                    num_trials_per_iter=min(trials, 64), cost_model=cost_model,
+                    database=database(work_dir),
+                    num_tuning_cores=int(target.attrs["num-cores"]),
+                    # The default 30 s build timeout fails whole batches on small machines.
+                    builder=ms.builder.LocalBuilder(timeout_sec=120,
+                                                    max_workers=int(target.attrs["num-cores"])),
+                    runner=runner or "local",
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress])
+    finally:
+        if bar is not None:
+            bar.close()
+    found = lookup(func, target, work_dir)
+    if found is None:
+        raise RuntimeError("meta_schedule found no valid schedule (every trial failed to build or "
+                           "run); see the logs in " + work_dir)
+    return found
