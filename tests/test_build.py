@@ -1,0 +1,221 @@
+"""build(): scheduled CPU gradients against unscheduled ones and numpy, the module cache, input
+checks, symbolic shapes, tuning-record reuse, and CUDA code generation (no GPU needed)."""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, tirx, topi
+
+import tvm_autodiff as ad
+
+from tvm_autodiff.build import build, compile_ptx, resolve_target
+from tvm_autodiff.schedule import gpu_limits_ok
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def shape_of(t):
+    return tuple(int(d) for d in t.shape)
+
+
+def check(out, wrt, data, ref_fwd=None, tol=1e-4):
+    """Forward and gradients (head H) built with the default schedule and unscheduled agree; the
+    gradients agree with central differences of Σ H·out along a random direction."""
+    head = te.placeholder(out.shape, name="H")
+    grads = list(ad.differentiate(out, wrt, head=head))
+    inputs = [t for t in data] + [head]
+    values = [data[t] for t in data] + [rand(*shape_of(out))]
+    fast = build([out, *grads], inputs)
+    slow = build([out, *grads], inputs, schedule=None)
+    got, ref = fast(*values), slow(*values)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    if ref_fwd is not None:
+        np.testing.assert_allclose(got[0], ref_fwd, rtol=tol, atol=tol)
+    loss = lambda vals: float(np.sum(fast(*vals)[0].astype("float64") * values[-1]))  # noqa: E731
+    eps = 1e-2
+    for t, g in zip(wrt, got[1:]):
+        i = list(data).index(t)
+        d = RNG.standard_normal(values[i].shape).astype("float32")
+        plus, minus = list(values), list(values)
+        plus[i], minus[i] = values[i] + eps * d, values[i] - eps * d
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        np.testing.assert_allclose(float(np.sum(g * d)), numeric, rtol=2e-2, atol=2e-2)
+    return got
+
+
+def test_matmul():
+    a, b = te.placeholder((6, 8), name="A"), te.placeholder((8, 5), name="B")
+    k = te.reduce_axis((0, 8), name="k")
+    c = te.compute((6, 5), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    av, bv = rand(6, 8), rand(8, 5)
+    check(c, [a, b], {a: av, b: bv}, ref_fwd=av @ bv)
+
+
+def test_conv2d_stride2():
+    x, w = te.placeholder((2, 3, 9, 9), name="X"), te.placeholder((4, 3, 3, 3), name="W")
+    y = topi.nn.conv2d(x, w, strides=2, padding=1, dilation=1)
+    check(y, [x, w], {x: rand(2, 3, 9, 9), w: rand(4, 3, 3, 3)})
+
+
+def test_max_pool():
+    x = te.placeholder((2, 3, 6, 6), name="X")
+    y = topi.nn.pool2d(x, kernel=(2, 2), stride=(2, 2), dilation=(1, 1), padding=(0, 0, 0, 0),
+                       pool_type="max")
+    xv = RNG.permutation(216).reshape(2, 3, 6, 6).astype("float32") / 10   # no ties
+    check(y, [x], {x: xv}, ref_fwd=xv.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
+
+
+def test_softmax():
+    x = te.placeholder((4, 7), name="X")
+    xv = rand(4, 7)
+    e = np.exp(xv - xv.max(1, keepdims=True))
+    check(topi.nn.softmax(x), [x], {x: xv}, ref_fwd=e / e.sum(1, keepdims=True))
+
+
+def test_layer_norm():
+    x, g, b = te.placeholder((4, 16), name="X"), te.placeholder((16,), name="G"), te.placeholder((16,), name="B")
+    y = topi.nn.layer_norm(x, g, b, axis=[1])
+    xv, gv, bv = rand(4, 16), rand(16), rand(16)
+    ref = (xv - xv.mean(1, keepdims=True)) / np.sqrt(xv.var(1, keepdims=True) + 1e-5) * gv + bv
+    check(y, [x, g, b], {x: xv, g: gv, b: bv}, ref_fwd=ref, tol=1e-3)
+
+
+def test_where_and_init():
+    """create_prim_func drops where= and init=; build must fold them in (forward checked too)."""
+    x, i0 = te.placeholder((5, 8), name="X"), te.placeholder((5,), name="I0")
+    k = te.reduce_axis((0, 8), name="k")
+    y = te.compute((5,), lambda i: te.sum(x[i, k] * x[i, k], axis=k, where=k < 5, init=i0[i]), name="Y")
+    xv, iv = rand(5, 8), rand(5)
+    check(y, [x, i0], {x: xv, i0: iv}, ref_fwd=iv + (xv[:, :5] ** 2).sum(1))
+
+
+def test_variable_extent_reduction():
+    """A reduction whose extent depends on an outer spatial variable (nested blocks)."""
+    x = te.placeholder((6, 4), name="X")
+
+    def prefix(i, j):
+        k = te.reduce_axis((0, i + 1), name="k")
+        return te.sum(x[k, j] * 2.0, axis=k)
+
+    y = te.compute((6, 4), prefix, name="Y")
+    xv = rand(6, 4)
+    fast = build(y, [x])
+    np.testing.assert_allclose(fast(xv), 2 * np.cumsum(xv, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_symbolic_shape_two_sizes():
+    n = te.var("n")
+    x = te.placeholder((n, 3), name="X")
+    y = te.compute((n, 3), lambda i, j: te.exp(x[i, j]) * x[i, j], name="Y")
+    dx = ad.differentiate(y, [x], head=te.compute((n, 3), lambda i, j: tirx.const(1.0), name="ones"))[0]
+    m = build([y, dx], [x])
+    for size in (5, 17):
+        xv = rand(size, 3)
+        fwd, grad = m(xv)
+        np.testing.assert_allclose(fwd, np.exp(xv) * xv, rtol=1e-5)
+        np.testing.assert_allclose(grad, np.exp(xv) * (1 + xv), rtol=1e-5)
+
+
+def test_input_validation():
+    x = te.placeholder((3, 4), name="X")
+    y = te.compute((3, 4), lambda i, j: x[i, j] * 2.0, name="Y")
+    m = build(y, [x])
+    with pytest.raises(ValueError, match="expected 1 arrays"):
+        m()
+    with pytest.raises(ValueError, match="must have shape"):
+        m(rand(4, 3))
+    with pytest.raises(ValueError, match="must be float32"):
+        m(np.zeros((3, 4), "float64"))
+    with pytest.raises(ad.DifferentiationError, match="not in inputs"):
+        build(y, [])
+    with pytest.raises(ad.DifferentiationError, match="must be placeholders"):
+        build(y, [y])
+    with pytest.raises(ValueError, match="schedule must be"):
+        build(te.compute((3, 4), lambda i, j: x[i, j] + 7.0, name="Z"), [x], schedule="fast")
+
+
+def test_cache_hit():
+    def graph():   # fresh tensors each time: the cache keys on structure, not identity
+        x = te.placeholder((16, 16), name="X")
+        k = te.reduce_axis((0, 16), name="k")
+        return x, te.compute((16,), lambda i: te.sum(te.exp(x[i, k]), axis=k), name="S")
+
+    x1, s1 = graph()
+    first = build(s1, [x1])
+    x2, s2 = graph()
+    t0 = time.perf_counter()
+    second = build(s2, [x2])
+    assert time.perf_counter() - t0 < 0.5
+    assert second.executable is first.executable
+    xv = rand(16, 16)
+    np.testing.assert_allclose(second(xv), np.exp(xv).sum(1), rtol=1e-5)
+    assert build(s2, [x2], schedule=None).executable is not first.executable
+
+
+def test_tune_reuses_database_records(tmp_path, monkeypatch):
+    """A record in the work_dir database is used without tuning (tuning itself takes minutes)."""
+    ms = pytest.importorskip("tvm.s_tir.meta_schedule")
+    from tvm_autodiff import schedule, tuning
+
+    x = te.placeholder((8, 8), name="X")
+    y = te.compute((8, 8), lambda i, j: x[i, j] * 3.0, name="Y")
+    func = te.create_prim_func([x, y])
+    target = resolve_target("llvm")
+    sch = tvm.s_tir.Schedule(func)
+    sch.parallel(sch.get_loops(sch.get_sblock("Y"))[0])
+    db = tuning.database(str(tmp_path))
+    workload = db.commit_workload(tvm.IRModule({"main": func}))
+    db.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, run_secs=[1e-6], target=target,
+        args_info=ms.arg_info.ArgInfo.from_prim_func(func)))
+    monkeypatch.setattr(ms, "tune_tir", lambda *a, **k: pytest.fail("tuned despite a record"))
+    m = build(y, [x], schedule="tune", trials=8, work_dir=str(tmp_path))
+    assert "parallel" in m.func.script()
+    xv = rand(8, 8)
+    np.testing.assert_allclose(m(xv), 3 * xv, rtol=1e-6)
+    assert schedule.host_cores() >= 1
+
+
+def conv_net_gradient():
+    """topi conv2d -> relu -> max pool -> flatten -> dense -> softmax cross-entropy, and its
+    gradient w.r.t. the weights."""
+    n, c, h, w, k, f = 2, 3, 8, 8, 4, 10
+    x, wc = te.placeholder((n, c, h, w), name="x"), te.placeholder((k, c, 3, 3), name="wc")
+    fc, b = te.placeholder((f, k * 16), name="fc"), te.placeholder((f,), name="b")
+    labels = te.placeholder((n, f), name="labels")
+    conv = topi.nn.conv2d(x, wc, strides=1, padding=1, dilation=1)
+    pool = topi.nn.pool2d(topi.nn.relu(conv), kernel=(2, 2), stride=(2, 2), dilation=(1, 1),
+                          padding=(0, 0, 0, 0), pool_type="max")
+    logp = topi.nn.log_softmax(topi.nn.dense(topi.nn.flatten(pool), fc, b))
+    r, q = te.reduce_axis((0, n), "r"), te.reduce_axis((0, f), "q")
+    loss = te.compute((1,), lambda _: te.sum(-logp[r, q] * labels[r, q] / n, axis=[r, q]), name="loss")
+    return [loss, *ad.differentiate(loss, [wc, fc, b])], [x, wc, fc, b, labels]
+
+
+def test_cuda_source_compiles_and_fits_limits():
+    outputs, inputs = conv_net_gradient()
+    m = build(outputs, inputs, target="cuda")
+    assert str(m.target.attrs["arch"]).startswith("sm_")
+    assert re.search(r"__global__ void", m.source)
+    assert gpu_limits_ok(m.func, m.target, max_threads_per_block=1024)
+    assert len(compile_ptx(m)) > 0
+    if not tvm.cuda(0).exist:
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            m(*[np.zeros(shape_of(t), "float32") for t in inputs])
+
+
+@pytest.mark.skipif(not tvm.cuda(0).exist, reason="needs a CUDA GPU")
+def test_cuda_runs_like_cpu():
+    outputs, inputs = conv_net_gradient()
+    values = [rand(*shape_of(t)) for t in inputs]
+    for a, b in zip(build(outputs, inputs, target="cuda")(*values), build(outputs, inputs)(*values)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
