@@ -1,0 +1,193 @@
+"""Work counts (`work`), the expression printer and `explain`."""
+import io
+import time
+
+import pytest
+from tvm import te, tirx
+
+from tvm_autodiff import work as work_module
+from tvm_autodiff.graph import placeholders
+from tvm_autodiff.printing import format_expr
+from tvm_autodiff.work import Work, count_loops, explain, op_iterations, work
+
+
+def matmul(n, m, p):
+    A = te.placeholder((n, m), name="A")
+    B = te.placeholder((m, p), name="B")
+    k = te.reduce_axis((0, m), name="k")
+    return te.compute((n, p), lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="C")
+
+
+def triangular(n):
+    A = te.placeholder((n,), name="A")
+
+    def body(i):
+        k = te.reduce_axis((0, i + 1), name="k")
+        return te.sum(A[k], axis=k)
+    return te.compute((n,), body, name="T")
+
+
+def test_matmul_counts_the_body_not_the_init():
+    w = work(matmul(5, 7, 3))
+    assert w == Work(5 * 7 * 3, 5 * 3, {"C": 5 * 7 * 3})
+    assert int(w) == 105
+
+
+def test_elementwise_and_chain_count_each_op():
+    A = te.placeholder((6, 4), name="A")
+    B = te.compute((6, 4), lambda i, j: A[i, j] * 2.0, name="B")
+    assert work(B) == Work(24, 24, {"B": 24})
+    C = te.compute((4, 6), lambda i, j: B[j, i] + 1.0, name="C")
+    D = te.compute((4,), lambda i: C[i, 0] + C[i, 1], name="D")
+    w = work(D)
+    assert w.per_op == {"B": 24, "C": 24, "D": 4}
+    assert (w.iterations, w.elements) == (52, 52)
+    # Asking for an intermediate too changes nothing; placeholders cost nothing.
+    assert work([D, B, A]) == w
+    assert work(A) == Work(0, 0, {})
+
+
+def test_triangular_reduction_is_counted_exactly():
+    for n in (1, 7, 300):
+        assert work(triangular(n)).iterations == n * (n + 1) // 2
+
+
+def test_reduce_axis_with_variable_lower_bound():
+    n = 9
+    A = te.placeholder((n, n), name="A")
+
+    def body(i):
+        k = te.reduce_axis((i, n), name="k")
+        return te.sum(A[i, k], axis=k)
+    assert work(te.compute((n,), body, name="S")).iterations == sum(n - i for i in range(n))
+
+
+def test_where_does_not_reduce_the_count():
+    A = te.placeholder((10, 8), name="A")
+    k = te.reduce_axis((0, 8), name="k")
+    R = te.compute((10,), lambda i: te.sum(A[i, k], axis=k, where=k < 2), name="R")
+    assert work(R).iterations == 80
+
+
+def test_bounds_depending_on_two_outer_axes_match_brute_force():
+    n, m = 6, 5
+    A = te.placeholder((n + m, 20), name="A")
+
+    def body(i, j):
+        k = te.reduce_axis((0, (i * j) // 3 + 1), name="k")
+        r = te.reduce_axis((j, tirx.max(i, j) + 2), name="r")
+        return te.sum(A[i + j, k + r], axis=[k, r])
+    S = te.compute((n, m), body, name="S")
+    expected = sum(((i * j) // 3 + 1) * (max(i, j) + 2 - j) for i in range(n) for j in range(m))
+    assert work(S).iterations == expected == op_iterations(S.op)
+
+
+def test_count_loops_matches_enumeration():
+    i, j, k = (tirx.Var(s, "int32") for s in "ijk")
+    loops = [(i, tirx.const(0), tirx.const(7), None),
+             (j, i - 3, tirx.Min(i, 4) % 3 + 2, tirx.const(2)),
+             (k, tirx.const(0), j * j - i, None)]
+    expected = sum(max(j * j - i, 0)
+                   for i in range(7) for j in range(i - 3, i - 3 + min(i, 4) % 3 + 2, 2))
+    assert count_loops(loops, work_module._Bindings(None)) == expected
+
+
+def test_multi_output_op_has_one_block_per_output():
+    A = te.placeholder((3, 4), name="A")
+    S, P = te.compute((3, 4), lambda i, j: (A[i, j] + 1.0, A[i, j] * 2.0), name="SP")
+    w = work([S, P])
+    assert w == Work(24, 24, {"SP_v0": 12, "SP_v1": 12})
+    assert op_iterations(S.op) == 24
+
+
+def test_symbolic_shapes_need_bindings():
+    n, m = te.var("n"), te.var("m")
+    A = te.placeholder((n, m), name="A")
+    k = te.reduce_axis((0, m), name="k")
+    R = te.compute((n,), lambda i: te.sum(A[i, k], axis=k), name="R")
+    assert work(R, {n: 4, m: 6}) == Work(24, 4, {"R": 24})
+    assert work(R, {"n": 3, "m": 2}).iterations == 6
+    with pytest.raises(ValueError, match="'m'"):
+        work(R, {n: 4})
+
+
+def test_elements_counts_every_materialized_tensor():
+    C = matmul(4, 5, 6)
+    D = te.compute((4,), lambda i: C[i, 0] * 2.0, name="D")
+    Z = te.compute((), lambda: D[0] + D[1], name="Z")
+    w = work(Z)
+    assert w.elements == 4 * 6 + 4 + 1
+    assert w.per_op == {"C": 120, "D": 4, "Z": 1}
+
+
+def test_fifty_ops_count_fast():
+    n = 200
+
+    def layer(src, i):  # alternately elementwise and a triangular reduction
+        def prefix_sum(j):
+            k = te.reduce_axis((0, j + 1), name="k")
+            return te.sum(src[k], axis=k)
+        return te.compute((n,), prefix_sum if i % 2 else (lambda j: src[j] * 2.0), name=f"L{i}")
+    t = te.placeholder((n,), name="A")
+    for i in range(50):
+        t = layer(t, i)
+    start = time.perf_counter()
+    func = te.create_prim_func(placeholders([t]) + [t])
+    create = time.perf_counter() - start
+    start = time.perf_counter()
+    w = work(t)
+    assert time.perf_counter() - start - create < 1.0
+    assert w.iterations == 25 * n + 25 * n * (n + 1) // 2 and func is not None
+
+
+def test_format_expr_is_readable_infix():
+    A = te.placeholder((8, 8), name="A")
+    k = te.reduce_axis((0, 8), name="k")
+    R = te.compute((8,), lambda i: te.sum(A[i, k] * (A[k, i] + 1.0), axis=k), name="R")
+    assert format_expr(R.op.body[0]) == "sum(k in [0, 8): A[i, k] * (A[k, i] + 1.0))"
+    M = te.compute((8,), lambda i: te.max(A[i, k], axis=k, where=k > i), name="M")
+    assert format_expr(M.op.body[0]) == "max(k in [0, 8) where k > i: A[i, k])"
+    x, y = tirx.Var("x", "int32"), tirx.Var("y", "float32")
+    assert format_expr(tirx.Select(x > 1, te.exp(y), y - (y - 2.0))) == "select(x > 1, exp(y), y - (y - 2.0))"
+    assert format_expr((x + 1) // 2 % 3 - tirx.min(x, 4)) == "(x + 1) // 2 % 3 - min(x, 4)"
+    assert format_expr(tirx.Cast("float32", x) / y) == "float32(x) / y"
+
+
+def test_explain_lists_ops_axes_and_work(monkeypatch):
+    C = matmul(4, 5, 6)
+    D = te.compute((4,), lambda i: C[i, 0] * 2.0, name="D")
+    monkeypatch.setattr(work_module, "_eliminate_zeros", lambda: None)
+    out = io.StringIO()
+    text = explain(D, file=out)
+    assert out.getvalue() == text
+    for piece in ("== before ==", "A: (4, 5) float32 input", "C: (4, 6) float32 compute",
+                  "axes:   i in [0, 4), j in [0, 6)", "reduce: k in [0, 5)",
+                  "body:   sum(k in [0, 5): A[i, k] * B[k, j])", "work:   120 iterations",
+                  "D: (4,) float32 compute", "body:   C[i, 0] * 2.0", "work:   4 iterations",
+                  "total before: 124 iterations, 28 elements"):
+        assert piece in text
+    assert "after" not in text and "metadata" not in text
+
+
+def test_explain_shows_the_graph_after_eliminate_zeros(monkeypatch):
+    T = triangular(10)
+    smaller = te.compute((10,), lambda i: T.op.input_tensors[0][i] * 1.0, name="T2")
+    monkeypatch.setattr(work_module, "_eliminate_zeros", lambda: lambda t: smaller)
+    text = explain([T])
+    before, after = text.split("== after eliminate_zeros ==")
+    assert "reduce: k in [0, i + 1)" in before and "work:   55 iterations" in before
+    assert "T2: (10,) float32 compute" in after and "total after eliminate_zeros: 10 iterations" in after
+    assert text.endswith("work: 55 -> 10 iterations (0.182x)\n")
+
+
+def test_explain_uses_the_real_pass_when_present():
+    text = explain(matmul(2, 3, 4))
+    assert text.startswith("== before ==") and "total before: 24 iterations" in text
+    assert ("== after eliminate_zeros ==" in text) == (work_module._eliminate_zeros() is not None)
+
+
+def test_per_op_counts_agree_with_the_kernel():
+    T = triangular(12)
+    U = te.compute((12, 3), lambda i, j: T[i] + T[11 - i], name="U")
+    ops = [T.op, U.op]
+    assert sum(op_iterations(op) for op in ops) == work(U).iterations == 78 + 36
