@@ -1,0 +1,8 @@
+"""Zero elimination and domain passes for TE tensors (installed as `tvm_autodiff.passes`).
+
+The passes know nothing about differentiation: they rewrite any TE graph whose reductions sum
+over regions where the summand is zero (`select(c, v, 0)`), keeping every value unchanged.
+"""
+from .eliminate import eliminate_reduction, eliminate_zeros
+
+__all__ = ["eliminate_reduction", "eliminate_zeros"]

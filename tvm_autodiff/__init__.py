@@ -13,6 +13,7 @@ from . import passes
 from .build import build
 from .errors import DifferentiationError
 from .reverse import Gradients, differentiate
+from .work import Work, explain, work
 
 
 def gradient(output: te.Tensor, inputs: Sequence[te.Tensor], head: te.Tensor | None = None) -> list:
@@ -25,7 +26,20 @@ def jacobian(output: te.Tensor, input: te.Tensor) -> te.Tensor:
     return differentiate(output, [input])[0]
 
 
+def hessian(output: te.Tensor, input: te.Tensor, input2: te.Tensor | None = None) -> te.Tensor:
+    """Second derivatives of a 0-d `output`: d²out / d input d input2 (input2 defaults to input),
+    of shape input.shape + input2.shape.  The gradient is plain TE, so it is differentiated again;
+    zero elimination keeps the result as compact as the math allows."""
+    if len(output.shape) != 0:
+        raise DifferentiationError(
+            f"hessian() needs a 0-d output, got {output.name!r} of shape {list(output.shape)}; "
+            "reduce it to a scalar first, or use jacobian() on its gradient.")
+    (grad,) = differentiate(output, [input])
+    return jacobian(grad, input if input2 is None else input2)
+
+
 tvm.differentiate = differentiate
 te.gradient = gradient
 
-__all__ = ["DifferentiationError", "Gradients", "build", "differentiate", "gradient", "jacobian", "passes"]
+__all__ = ["DifferentiationError", "Gradients", "Work", "build", "differentiate", "explain", "gradient", "hessian",
+           "jacobian", "passes", "work"]

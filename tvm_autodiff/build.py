@@ -83,7 +83,7 @@ class Compiled:
         env = self._bind(arrays)
         ana = sym.Analyzer()
         dev = self.device
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+        args = [tvm.runtime.tensor(np.array(a, order="C", copy=None), dev) for a in arrays]  # keeps 0-d arrays 0-d
         for t in self.outputs:
             shape = [int(ana.simplify(substitute(d, {v: tirx.const(n, str(v.ty.dtype))
                                                      for v, n in env.items()}))) for d in t.shape]
@@ -145,11 +145,27 @@ def _lower(func, target, schedule, trials, work_dir, runner):
     if schedule is None:
         return func
     if schedule == "default":
-        return _schedule.schedule_cpu(func)
+        return _schedule.schedule_cpu(func)    # see _compile for the fallbacks
     if schedule == "tune":
         from .tuning import tune
         return tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
     raise ValueError(f"schedule must be 'default', 'tune' or None, not {schedule!r}")
+
+
+def _compile(func, scheduled, target, schedule):
+    """(executable, PrimFunc).  A default CPU schedule that fails to compile (LLVM has no vector
+    form of some intrinsics, e.g. sinh) falls back to scalar loops, then to the unscheduled
+    function; other schedules must compile as they are."""
+    fallbacks = []
+    if schedule == "default" and target.kind.name == "llvm":
+        fallbacks = [lambda: _schedule.schedule_cpu(func, vectorize=False), lambda: func]
+    while True:
+        try:
+            return tvm.compile(scheduled, target=target), scheduled
+        except (RuntimeError, ValueError):
+            if not fallbacks:
+                raise
+            scheduled = fallbacks.pop(0)()
 
 
 def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
@@ -186,7 +202,7 @@ def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
     key = (tvm_ffi.StructuralKey(func), str(target), schedule)
     if key not in _CACHE:
         scheduled = _lower(func, target, schedule, trials, work_dir, runner)
-        executable = tvm.compile(scheduled, target=target)
+        executable, scheduled = _compile(func, scheduled, target, schedule)
         if target.kind.name == "cuda" and not any(m.kind == "cuda" for m in executable.mod.imports):
             raise RuntimeError("CUDA compilation produced no kernel (the function was not scheduled "
                                "for the GPU)")

@@ -158,3 +158,26 @@ def make_compute(name: str, shape: Sequence, fbody: Callable, names: str = "ijkl
     if body is None:
         return None
     return compute_op(name, tag, None, axes, [body]).output(0)
+
+
+def simplify(expr):
+    """tvm.sym.Analyzer simplification of an expression that may read tensors.
+
+    The analyzer hashes subexpressions and TVM cannot hash a te.Tensor, so reads are swapped for
+    opaque pure calls `__load<n>(idx...)` while simplifying and swapped back afterwards."""
+    tensors: list = []
+
+    def hide(c):
+        if not is_load(c):
+            return c
+        tensors.append(c.args[0])
+        return tirx.call_pure_extern(str(c.ty.dtype), f"__load{len(tensors) - 1}", *c.args[1:])
+
+    def reveal(c):
+        name = c.args[0].value if c.op.name == "tirx.call_pure_extern" else ""
+        if not name.startswith("__load"):
+            return c
+        return tensors[int(name[6:])](*c.args[1:])
+
+    hidden = tvm_ffi.structural_map(expr, (Call, hide))
+    return tvm_ffi.structural_map(tvm.sym.Analyzer().simplify(hidden), (Call, reveal))

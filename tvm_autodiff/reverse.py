@@ -125,11 +125,13 @@ def _materialize(name, prefix, shape, head_fn):
 
 
 def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None,
-                  head: Optional[te.Tensor] = None, manual: Optional[dict] = None) -> Gradients:
+                  head: Optional[te.Tensor] = None, manual: Optional[dict] = None,
+                  optimize: bool = True) -> Gradients:
     """Reverse-mode derivatives of `output` with respect to `inputs` (see README, API).
 
     `head` is the adjoint of output, shape prefix + output.shape; None means the identity, so the
-    result is the full Jacobian, shape output.shape + input.shape.
+    result is the full Jacobian, shape output.shape + input.shape.  `optimize=False` skips zero
+    elimination (`tvm_autodiff.passes`), leaving the naive Iverson-bracket sums.
     """
     inputs, prefix = _validate(output, inputs, head)
     (fwd_out, *fwd_inputs), remap = fold_where_init([output] + inputs)
@@ -197,7 +199,22 @@ def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = Non
     adjoint_summands = TensorMap(
         (back.get(t, t), TensorMap((back.get(c, c), s) for op, s in per.items() for c in outputs_of(op)))
         for t, per in summands.items())
+    if optimize:
+        grads, adjoints, adjoint_summands = _eliminate_zeros(grads, adjoints, adjoint_summands)
     return Gradients(inputs, grads, adjoints, adjoint_summands)
+
+
+def _eliminate_zeros(grads, adjoints, adjoint_summands):
+    """Zero elimination over every tensor of the result at once, so shared adjoints stay shared."""
+    from .passes import eliminate_zeros  # the passes import this package's graph utilities
+
+    everything = grads + list(adjoints.values()) + [s for per in adjoint_summands.values()
+                                                    for s in per.values()]
+    optimized = TensorMap(zip(everything, eliminate_zeros(everything)))
+    return ([optimized[g] for g in grads],
+            TensorMap((t, optimized[a]) for t, a in adjoints.items()),
+            TensorMap((t, TensorMap((c, optimized[s]) for c, s in per.items()))
+                      for t, per in adjoint_summands.items()))
 
 
 def _sum(terms):

@@ -1,0 +1,167 @@
+"""Zero elimination for sum reductions:  Σ_k select(c(i, k), v(i, k), 0)  ->  cheap gathers.
+
+For one reduction Y[i] = Σ_{k ∈ K} s(i, k):
+
+1. split:   s = Σ_n t_n (monomials), t_n = select(c_n, v_n, 0) (nonzeroness), and each c_n into
+            disjoint conjunctions, so Y = Σ_n Σ_k [c_n] v_n; terms with equal conditions are merged.
+2. solve:   the equalities of c_n among the k and the outer variables i (Smith normal form):
+            k = A·i + B·t + b on the lattice of solutions, with fresh integer variables t;
+            an unsolvable system makes the term zero.
+3. bound:   the other atoms of c_n plus the ranges of the substituted k form a Presburger set of
+            the remaining variables, with i as parameters (isl).  Its exact bounding box becomes
+            the new reduce axes, deskewed to start at 0; what the box misses stays as a select
+            in the summand; conditions on i alone are lifted out:  select(c(i), Σ_k' …, 0).
+4. rebuild: a term with reduce axes left becomes its own tensor; Y is the elementwise sum of
+            the terms.  A single unconditional term stays the reduction itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import tvm_ffi
+from tvm import sym, te, tirx
+from tvm.ir import Call
+
+from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify
+from tvm_autodiff.reductions import component_kind, substitute
+
+from . import linsolve
+from .domain import reduction_domain
+from .nonzero import TRUE, and_, disjoint_dnf, is_const, monomials, nonzero
+
+# Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
+# of the variables they replace.  This only has to be larger than any tensor extent, and twice
+# it must still fit int32.
+UNBOUNDED = 1 << 29
+
+
+@dataclass(frozen=True)
+class Term:
+    """select(cond, Σ_{axes} body, 0) in the outer variables; axes empty for an elementwise term."""
+    cond: object
+    axes: tuple      # ((var, extent), ...) deskewed reduce variables, ranging over [0, extent)
+    body: object
+
+
+def _cast(e, dtype: str):
+    return e if str(e.ty.dtype) == dtype else tirx.Cast(dtype, e)
+
+
+def _key(e, names: TensorMap):
+    """A structural key for e, with tensor reads renamed (TVM cannot hash te.Tensor)."""
+    def canon(c):
+        if is_load(c):
+            if c.args[0] not in names:
+                names[c.args[0]] = f"t{len(names)}"
+            return tirx.call_pure_extern(str(c.ty.dtype), names[c.args[0]], *c.args[1:])
+        return c
+    return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
+
+
+def split_terms(source) -> list[tuple[list, object]]:
+    """[(atoms, value)]: source == Σ [∧ atoms] · value, the conjunctions being disjoint per
+    monomial; values with the same conjunction are added up."""
+    names, groups = TensorMap(), {}
+    for m in monomials(source):
+        nz = nonzero(m)
+        for atoms in disjoint_dnf(nz.cond):
+            key = _key(tirx.all(*atoms) if atoms else TRUE, names)
+            if key in groups:
+                groups[key] = (atoms, groups[key][1] + nz.value)
+            else:
+                groups[key] = (atoms, nz.value)
+    return list(groups.values())
+
+
+def _is_index_eq(a) -> bool:
+    return isinstance(a, tirx.EQ) and not str(a.a.ty.dtype).startswith(("float", "bfloat"))
+
+
+def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
+    """Σ_{k ∈ red} [∧ atoms] · value as a Term with the smallest exact domain; None when zero.
+
+    outer, red: [(var, min, extent)]."""
+    ana = sym.Analyzer()
+    eqs = [(a.a, a.b) for a in atoms if _is_index_eq(a)]
+    others = [a for a in atoms if not _is_index_eq(a)]
+    red_vars = [v for v, _, _ in red]
+    sol = linsolve.solve_index_equations(eqs, red_vars) if eqs else None
+    if sol is linsolve.UNSOLVABLE:
+        return None
+    sub = dict(sol.substitution) if sol else {}
+    sub = {v: _cast(e, str(v.ty.dtype)) for v, e in sub.items()}
+    conds = others + (list(sol.conditions) + [tirx.EQ(l, r) for l, r in sol.unused] if sol else [])
+    for v, lo, ext in red:
+        if v in sub:   # a solved variable's range becomes a constraint on what replaced it
+            conds += [sub[v] >= lo, sub[v] < lo + ext]
+    remaining = [(v, lo, ext) for v, lo, ext in red if v not in sub]
+    remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
+                  for t in (sol.fresh if sol else ())]
+    cond = substitute(tirx.all(*conds) if conds else TRUE, sub)
+    value = substitute(value, sub)
+    dom = reduction_domain(remaining, outer, cond)
+    if dom.empty:
+        return None
+    deskew, axes = {}, []
+    for bound in dom.axes:
+        extent = ana.simplify(bound.extent)
+        if is_const(extent, 1):
+            deskew[bound.var] = bound.lo
+        else:
+            k = tirx.Var(bound.var.name, str(bound.var.ty.dtype))
+            deskew[bound.var] = bound.lo + k
+            axes.append((k, extent))
+    body = substitute(value, deskew)
+    residual = substitute(dom.residual, deskew)
+    if not is_const(residual, True):
+        body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
+    return Term(dom.outer_cond, tuple(axes), simplify(body))
+
+
+def _materialize(term: Term, op: te.ComputeOp, name: str):
+    """The term's reduction as a tensor over op's axes (read back at op's axis variables)."""
+    axis_vars = [iv.var for iv in op.axis]
+
+    def body(*idx):
+        vmap = dict(zip(axis_vars, idx))
+        axes = [te.reduce_axis((0, substitute(ext, vmap)), name=k.name) for k, ext in term.axes]
+        vmap.update({k: rv.var for (k, _), rv in zip(term.axes, axes)})
+        return te.sum(substitute(term.body, vmap), axis=axes)
+
+    return make_compute(name, [iv.dom.extent for iv in op.axis], body)(*axis_vars)
+
+
+def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
+    """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
+    docstring), or None when op is no such reduction or has no zeros to eliminate."""
+    if op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
+        return None
+    r = bodies[0]
+    if component_kind(r.combiner, 0) != "sum" or not is_const(r.condition, True) or len(r.init):
+        return None
+    outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
+    red = [(rv.var, rv.dom.min, rv.dom.extent) for rv in r.axis]
+    split = split_terms(r.source[0])
+    if len(split) == 1 and not split[0][0]:
+        return None  # no condition anywhere: already as cheap as it gets
+    terms = [t for t in (reduce_term(atoms, value, outer, red) for atoms, value in split) if t is not None]
+    dtype = str(r.source[0].ty.dtype)
+    if len(terms) == 1 and terms[0].axes and is_const(terms[0].cond, True):
+        t = terms[0]
+        axes = [te.reduce_axis((0, ext), name=k.name) for k, ext in t.axes]
+        return [te.sum(substitute(t.body, {k: rv.var for (k, _), rv in zip(t.axes, axes)}), axis=axes)]
+    total = tirx.const(0, dtype)
+    for n, t in enumerate(terms):
+        value = _materialize(t, op, f"{op.name}_t{n}") if t.axes else t.body
+        total = total + (value if is_const(t.cond, True) else tirx.Select(t.cond, value, tirx.const(0, dtype)))
+    return [total]
+
+
+def eliminate_zeros(tensors):
+    """The graph of `tensors` (a tensor or a list) with every sum reduction rewritten by
+    `eliminate_reduction`.  Values are unchanged; ops that do not change (and the subgraphs below
+    them) stay the same objects, and tensors shared by several outputs stay shared."""
+    single = isinstance(tensors, te.Tensor)
+    out, _ = rebuild([tensors] if single else list(tensors), eliminate_reduction)
+    return out[0] if single else out
