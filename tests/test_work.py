@@ -5,10 +5,10 @@ import time
 import pytest
 from tvm import te, tirx
 
-from tvm_autodiff import work as work_module
+import tvm_autodiff.counting as work_module
 from tvm_autodiff.graph import placeholders
 from tvm_autodiff.printing import format_expr
-from tvm_autodiff.work import Work, count_loops, explain, op_iterations, work
+from tvm_autodiff.counting import Work, count_loops, explain, op_iterations, work
 
 
 def matmul(n, m, p):
@@ -191,3 +191,16 @@ def test_per_op_counts_agree_with_the_kernel():
     U = te.compute((12, 3), lambda i, j: T[i] + T[11 - i], name="U")
     ops = [T.op, U.op]
     assert sum(op_iterations(op) for op in ops) == work(U).iterations == 78 + 36
+
+
+def test_multi_output_reduction_is_one_block():
+    # create_prim_func stores every value of a multi-output reduction from one block: one loop nest.
+    from tvm import tirx
+    X = te.placeholder((4, 6), "float32", name="X")
+    k = te.reduce_axis((0, 6), name="k")
+    argmax = te.comm_reducer(
+        lambda x, y: (tirx.Select(x[0] >= y[0], x[0], y[0]), tirx.Select(x[0] >= y[0], x[1], y[1])),
+        lambda t0, t1: (tirx.min_value(t0), tirx.const(-1, t1)))
+    V, I = te.compute((4,), lambda i: argmax((X[i, k], k), axis=k), name="M")
+    assert work([V, I]).iterations == 24
+    assert op_iterations(V.op) == 24

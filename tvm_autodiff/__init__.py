@@ -13,7 +13,7 @@ from . import passes
 from .build import build
 from .errors import DifferentiationError
 from .reverse import Gradients, differentiate
-from .work import Work, explain, work
+from .counting import Work, explain, work
 
 
 def gradient(output: te.Tensor, inputs: Sequence[te.Tensor], head: te.Tensor | None = None) -> list:

@@ -58,10 +58,11 @@ def work(tensors, bindings=None) -> Work:
 
 
 def op_iterations(op, bindings=None) -> int:
-    """Iterations of one ComputeOp read off its TE axes: create_prim_func emits one block per output,
-    each looping over the spatial and reduce axes."""
+    """Iterations of one ComputeOp read off its TE axes: create_prim_func emits one block per output
+    of an elementwise op, and one block storing every output of a reduction."""
     loops = [(iv.var, iv.dom.min, iv.dom.extent, None) for iv in list(op.axis) + list(op.reduce_axis)]
-    return op.num_outputs * count_loops(loops, _Bindings(bindings))
+    blocks = 1 if len(op.reduce_axis) else op.num_outputs
+    return blocks * count_loops(loops, _Bindings(bindings))
 
 
 def explain(tensors, file=None, bindings=None) -> str:
@@ -122,7 +123,11 @@ def _leaves(stmt, loops=(), subst=None, block="root"):
     block, loop bounds refer to the block's iter vars (`range(v_i + 1)`); `subst` maps those to their
     bindings, so that every bound is written over loop vars and shape vars only."""
     subst = subst or {}
-    if isinstance(stmt, tirx.SeqStmt):
+    if isinstance(stmt, SBlock):  # the init statement is not counted, only the body
+        yield from _leaves(stmt.body, loops, subst, stmt.name_hint)
+    elif not _has_loops(stmt):  # one leaf, however many statements (a multi-output reduce stores several)
+        yield block, loops
+    elif isinstance(stmt, tirx.SeqStmt):
         for s in stmt.seq:
             yield from _leaves(s, loops, subst, block)
     elif isinstance(stmt, tirx.For):
@@ -133,10 +138,6 @@ def _leaves(stmt, loops=(), subst=None, block="root"):
         inner = dict(subst)
         inner.update((iv.var, _substitute(v, subst)) for iv, v in zip(stmt.block.iter_vars, stmt.iter_values))
         yield from _leaves(stmt.block, loops, inner, block)
-    elif isinstance(stmt, SBlock):  # the init statement is not counted, only the body
-        yield from _leaves(stmt.body, loops, subst, stmt.name_hint)
-    elif not _has_loops(stmt):
-        yield block, loops
     elif isinstance(stmt, tirx.IfThenElse):  # both branches: we count iterations, not predicate hits
         yield from _leaves(stmt.then_case, loops, subst, block)
         if stmt.else_case is not None:
