@@ -74,6 +74,14 @@ def test_max_pool():
     check(y, [x], {x: xv}, ref_fwd=xv.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
 
 
+def test_padded_max_pool():
+    """Regression: vectorizing the argmax block with inlined padding gave wrong gradients."""
+    x = te.placeholder((1, 2, 7, 7), name="X")
+    y = topi.nn.pool2d(x, kernel=(3, 3), stride=(2, 2), dilation=(1, 1), padding=(1, 1, 1, 1),
+                       pool_type="max")
+    check(y, [x], {x: RNG.permutation(98).reshape(1, 2, 7, 7).astype("float32") / 10})
+
+
 def test_softmax():
     x = te.placeholder((4, 7), name="X")
     xv = rand(4, 7)

@@ -239,7 +239,10 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
         spatial = [l for l, k in zip(loops, kinds) if k == "S"]
         reduction = [l for l, k in zip(loops, kinds) if k == "R"]
         inner, tile = [], []
-        if spatial and not info.has_children:
+        # Multi-output reductions (argmax-style, whose combiner binds lets) are left scalar: TVM's
+        # vectorizer gave wrong results for them once padding was inlined (a padded max pool's
+        # argext block).
+        if spatial and not info.has_children and len(info.writes) == 1:
             var = next((iv.var for iv, b in zip(info.iter_vars, info.bindings)
                         if _uses(b, s.get(spatial[-1]).loop_var)), None)
             extent = _const_extent(s, spatial[-1])
@@ -281,7 +284,8 @@ def _cpu_rfactor_plan(info: _BlockInfo, lanes: int):
         block = s.get_sblock(info.name)
         kinds = _loop_kinds(s, block, info)
         loops = s.get_loops(block)
-        if not info.top_level or info.has_children or "O" in kinds or "R" not in kinds:
+        if (not info.top_level or info.has_children or len(info.writes) > 1 or "O" in kinds
+                or "R" not in kinds):
             raise ValueError("not a plain top-level reduction")
         spatial = [l for l, k in zip(loops, kinds) if k == "S"]
         reduction = [l for l, k in zip(loops, kinds) if k == "R"]
@@ -330,11 +334,19 @@ def _cpu_fallback_plan(info: _BlockInfo):
     return plan
 
 
-def schedule_cpu(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
     """Default CPU schedule of `func` (every block; the thread count comes from the target's
-    num-cores at compile time)."""
-    lanes = 16   # 64-byte vectors of float32; LLVM splits them on narrower machines
-    sch = inline_injective(s_tir.Schedule(func))
+    num-cores at compile time).  `vectorize=False` keeps every loop scalar: LLVM codegen has no
+    vector form of some intrinsics (e.g. sinh), which only shows when compiling."""
+    # 64-byte vectors of float32 (LLVM splits them on narrower machines); 0 lanes = no vectors.
+    lanes = 16 if vectorize else 0
+    try:
+        sch = s_tir.Schedule(func)
+    except _PLAN_ERRORS:
+        # The schedule checks well-formedness more strictly than compilation does (e.g. a let
+        # variable that create_prim_func binds in two blocks), so such functions stay serial.
+        return func
+    sch = inline_injective(sch)
     for info in block_infos(sch.mod["main"]):
         for plan in (_cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
                      _cpu_plan(info, lanes, False), _cpu_fallback_plan(info)):
