@@ -116,7 +116,17 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     residual = substitute(dom.residual, deskew)
     if not is_const(residual, True):
         body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
-    return Term(dom.outer_cond, tuple(axes), simplify(body))
+    outer_cond = dom.outer_cond
+    if axes and not is_const(outer_cond, True):
+        # Where the outer condition fails, shrink the first axis to one (masked) point: the
+        # reduction then costs nothing there, instead of summing a whole box that a select outside
+        # would throw away.  Not to zero points: a reduction block whose loops run zero times never
+        # executes its init, and would leave its output unwritten.
+        (k0, ext0), *rest = axes
+        axes = [(k0, tirx.Select(outer_cond, ext0, tirx.const(1, str(ext0.ty.dtype))))] + rest
+        body = tirx.Select(outer_cond, body, tirx.const(0, str(body.ty.dtype)))
+        outer_cond = TRUE
+    return Term(outer_cond, tuple(axes), simplify(body))
 
 
 def _materialize(term: Term, op: te.ComputeOp, name: str):
