@@ -66,6 +66,14 @@ def test_conv2d_stride2():
     check(y, [x, w], {x: rand(2, 3, 9, 9), w: rand(4, 3, 3, 3)})
 
 
+def test_conv2d_stride2_dilation3():
+    """Regression: zero elimination emits floordiv by negative constants here, which TVM's
+    simplifier mangles once loops are fused; such blocks must stay unfused."""
+    x, w = te.placeholder((1, 2, 7, 7), name="X"), te.placeholder((3, 2, 2, 2), name="W")
+    y = topi.nn.conv2d(x, w, strides=2, padding=1, dilation=3)
+    check(y, [x, w], {x: rand(1, 2, 7, 7), w: rand(3, 2, 2, 2)})
+
+
 def test_max_pool():
     x = te.placeholder((2, 3, 6, 6), name="X")
     y = topi.nn.pool2d(x, kernel=(2, 2), stride=(2, 2), dilation=(1, 1), padding=(0, 0, 0, 0),

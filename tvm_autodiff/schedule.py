@@ -67,6 +67,7 @@ class _BlockInfo:
         self.has_children = _contains_block(block.body)
         self.is_reduction = any(iv.iter_type == tirx.IterVar.CommReduce for iv in self.iter_vars)
         self.expensive = _has_expensive_call(block.body)
+        self.negative_div = _has_negative_divisor(realize)
 
     @property
     def injective(self) -> bool:
@@ -85,6 +86,18 @@ def _contains_block(stmt) -> bool:
     hit = tvm_ffi.structural_walk(
         stmt, (s_tir.SBlockRealize, lambda _: tvm_ffi.VisitInterrupt(True)))
     return hit is not None
+
+
+def _has_negative_divisor(stmt) -> bool:
+    """Whether floordiv/floormod by a negative constant occurs (zero elimination can emit them).
+    TVM's simplifier rewrites them wrongly once loops are fused or split (a conv2d gradient with
+    stride 2, dilation 3 came out wrong), so such blocks only get a parallel outer loop."""
+    def visit(e):
+        if isinstance(e.b, tirx.IntImm) and e.b.value < 0:
+            return tvm_ffi.VisitInterrupt(True)
+        return None
+
+    return tvm_ffi.structural_walk(stmt, [(tirx.FloorDiv, visit), (tirx.FloorMod, visit)]) is not None
 
 
 def _has_expensive_call(stmt) -> bool:
@@ -317,8 +330,9 @@ def _cpu_rfactor_plan(info: _BlockInfo, lanes: int):
     return plan
 
 
-def _cpu_fallback_plan(info: _BlockInfo):
-    """Smaller plan when the full one does not apply: parallel outer spatial loops only."""
+def _cpu_fallback_plan(info: _BlockInfo, fuse: bool = True):
+    """Smaller plan when the full one does not apply: parallel outer spatial loops only (fused,
+    or without `fuse` the outermost one)."""
 
     def plan(s: s_tir.Schedule):
         block = s.get_sblock(info.name)
@@ -329,6 +343,7 @@ def _cpu_fallback_plan(info: _BlockInfo):
             n += 1
         if not info.top_level or n == 0:
             raise ValueError("nothing to parallelize")
+        n = n if fuse else 1
         s.parallel(s.fuse(*loops[:n]) if n > 1 else loops[0])
 
     return plan
@@ -348,8 +363,9 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
         return func
     sch = inline_injective(sch)
     for info in block_infos(sch.mod["main"]):
-        for plan in (_cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
-                     _cpu_plan(info, lanes, False), _cpu_fallback_plan(info)):
+        plans = (_cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
+                 _cpu_plan(info, lanes, False), _cpu_fallback_plan(info))
+        for plan in plans if not info.negative_div else (_cpu_fallback_plan(info, fuse=False),):
             after = _try(sch, plan)
             if after is not sch:
                 sch = after
