@@ -119,7 +119,8 @@ def block_infos(func: tirx.PrimFunc) -> list[_BlockInfo]:
             infos.append(_BlockInfo(realize, depth == 0, func.params))
             visit(realize.block.body, depth + 1)
 
-    visit(func.body.block.body, 0)
+    if isinstance(func.body, s_tir.SBlockRealize):   # else no blocks (nothing is computed)
+        visit(func.body.block.body, 0)
     return infos
 
 
