@@ -28,7 +28,8 @@ from tvm_autodiff.reductions import component_kind, substitute
 
 from . import linsolve
 from .domain import reduction_domain
-from .nonzero import TRUE, and_, disjoint_dnf, is_const, monomials, nonzero
+from .nonzero import TRUE, conjuncts, disjoint_dnf, is_const, monomials, nonzero
+from .scatter import free_vars, scatter_add, scatter_atom
 
 # Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
 # of the variables they replace.  This only has to be larger than any tensor extent, and twice
@@ -38,10 +39,12 @@ UNBOUNDED = 1 << 29
 
 @dataclass(frozen=True)
 class Term:
-    """select(cond, Σ_{axes} body, 0) in the outer variables; axes empty for an elementwise term."""
+    """select(cond, Σ_{axes} body, 0) in the outer variables; axes empty for an elementwise term.
+    With `scatter = (o, g)`, the sum also carries the bracket [o == g], g reading tensor data."""
     cond: object
     axes: tuple      # ((var, extent), ...) deskewed reduce variables, ranging over [0, extent)
     body: object
+    scatter: Optional[tuple] = None
 
 
 def _cast(e, dtype: str):
@@ -114,6 +117,13 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
             axes.append((k, extent))
     body = substitute(value, deskew)
     residual = substitute(dom.residual, deskew)
+    atoms = conjuncts(residual)
+    hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes else None
+    if hit is not None and not any(hit[1] in free_vars(ext) for _, ext in axes):
+        n, o, g = hit
+        keep = tirx.all(dom.outer_cond, *atoms[:n], *atoms[n + 1:])
+        body = tirx.Select(keep, body, tirx.const(0, str(body.ty.dtype)))
+        return Term(TRUE, tuple(axes), simplify(body), scatter=(o, g))
     if not is_const(residual, True):
         body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
     outer_cond = dom.outer_cond
@@ -129,9 +139,12 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     return Term(outer_cond, tuple(axes), simplify(body))
 
 
-def _materialize(term: Term, op: te.ComputeOp, name: str):
-    """The term's reduction as a tensor over op's axes (read back at op's axis variables)."""
+def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:
+    """The term's reduction as a tensor over op's axes."""
     axis_vars = [iv.var for iv in op.axis]
+    if term.scatter is not None:
+        o, g = term.scatter
+        return scatter_add(name, op.axis, o, g, term.axes, term.body, str(term.body.ty.dtype))
 
     def body(*idx):
         vmap = dict(zip(axis_vars, idx))
@@ -139,7 +152,7 @@ def _materialize(term: Term, op: te.ComputeOp, name: str):
         vmap.update({k: rv.var for (k, _), rv in zip(term.axes, axes)})
         return te.sum(substitute(term.body, vmap), axis=axes)
 
-    return make_compute(name, [iv.dom.extent for iv in op.axis], body)(*axis_vars)
+    return make_compute(name, [iv.dom.extent for iv in op.axis], body)
 
 
 def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
@@ -157,15 +170,18 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
         return None  # no condition anywhere: already as cheap as it gets
     terms = [t for t in (reduce_term(atoms, value, outer, red) for atoms, value in split) if t is not None]
     dtype = str(r.source[0].ty.dtype)
-    if len(terms) == 1 and terms[0].axes and is_const(terms[0].cond, True):
+    if len(terms) == 1 and terms[0].axes and is_const(terms[0].cond, True) and terms[0].scatter is None:
         t = terms[0]
         axes = [te.reduce_axis((0, ext), name=k.name) for k, ext in t.axes]
         return [te.sum(substitute(t.body, {k: rv.var for (k, _), rv in zip(t.axes, axes)}), axis=axes)]
-    total = tirx.const(0, dtype)
+    if len(terms) == 1 and terms[0].scatter is not None:
+        return _materialize(terms[0], op, op.name)  # the scatter replaces op itself
+    total = None
     for n, t in enumerate(terms):
-        value = _materialize(t, op, f"{op.name}_t{n}") if t.axes else t.body
-        total = total + (value if is_const(t.cond, True) else tirx.Select(t.cond, value, tirx.const(0, dtype)))
-    return [total]
+        value = _materialize(t, op, f"{op.name}_t{n}")(*[iv.var for iv in op.axis]) if t.axes else t.body
+        value = value if is_const(t.cond, True) else tirx.Select(t.cond, value, tirx.const(0, dtype))
+        total = value if total is None else total + value
+    return [tirx.const(0, dtype) if total is None else total]
 
 
 def eliminate_zeros(tensors):

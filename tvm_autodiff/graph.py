@@ -114,7 +114,7 @@ def rebuild(outputs: Sequence[te.Tensor],
     """Rebuild the graph of `outputs` bottom-up.
 
     `rewrite(op, bodies)` gets each ComputeOp with its bodies already reading the rebuilt inputs and
-    returns new bodies, or None to keep them.  Ops whose inputs and bodies are unchanged are kept as
+    returns new bodies, None to keep them, or (for a single-output op) a tensor that replaces it.  Ops whose inputs and bodies are unchanged are kept as
     they are, so untouched subgraphs (and placeholders) stay identical objects.  Returns the new
     outputs and the map {old tensor: new tensor} of every tensor that changed.
     """
@@ -126,6 +126,9 @@ def rebuild(outputs: Sequence[te.Tensor],
         if isinstance(op, te.ComputeOp):
             bodies = [replace_loads(b, changed_inputs) for b in op.body]
             new_bodies = rewrite(op, bodies)
+            if isinstance(new_bodies, te.Tensor):
+                mapping[op.output(0)] = new_bodies
+                continue
             if new_bodies is None:
                 if not changed_inputs:
                     continue
