@@ -6,7 +6,7 @@ This tutorial trains two classifiers on scikit-learn's ``load_digits`` data set 
 8×8 images of the digits 0-9, shipped with scikit-learn, so nothing is downloaded):
 
 * an MLP, 64 → 64 → 10;
-* a small CNN: conv 3×3 (8 channels) → ReLU → 2×2 max-pool → dense 32 → ReLU → dense 10.
+* a small CNN: conv 3×3 (16 channels) → ReLU → 2×2 max-pool → dense 64 → ReLU → dense 10.
 
 The model is written with ``topi``; ``tvm.differentiate`` gives the gradients of the loss; and
 the **whole training step** -- forward, loss, backward, and the SGD-with-momentum update that
@@ -78,7 +78,7 @@ def mlp(x, p):
     return topi.nn.dense(h, p["w2"], p["b2"])
 
 
-C1, HIDDEN = 8, 32
+C1, HIDDEN = 16, 64
 
 
 def cnn_params():
@@ -117,6 +117,11 @@ def init_params(shapes, rng):
 # and ``ad.build`` compiles ``[loss, w'..., v'...]`` into one kernel whose inputs are the batch,
 # the weights, the velocities and the two hyper-parameters (0-d placeholders, so changing the
 # learning rate needs no rebuild).  Forward values that the gradient reads are computed once.
+#
+# ``tvm.differentiate`` runs zero elimination on the gradients by default.  Without it
+# (``optimize=False``) every gradient of a dense or convolution layer is a sum over the whole
+# domain of the consumer with an index bracket: on a 2-core machine the step of a smaller CNN
+# (8 channels, 32 hidden units) took about 125 ms instead of about 1 ms.
 
 
 def make_step(model, shapes, batch):
@@ -303,3 +308,6 @@ else:
 for name, h in results.items():
     print(f"RESULT {name} first_loss={h['loss'][0]:.4f} last_loss={h['loss'][-1]:.4f} "
           f"test_acc={h['acc'][-1]:.4f} step_ms={h['step_s'] * 1e3:.3f}")
+if not FAST:
+    ok = results["cnn"]["acc"][-1] >= 0.97
+    print(f"{'OK' if ok else 'FAILED'} CNN test accuracy {results['cnn']['acc'][-1]:.4f} (target >= 0.97)")

@@ -37,7 +37,7 @@ import tvm_autodiff as ad
 from tvm_autodiff.build import compile_ptx
 
 FAST = os.environ.get("TVM_AUTODIFF_FAST") == "1"
-BATCH, C1, HIDDEN = 32, 8, 32
+BATCH, C1, HIDDEN = 32, 16, 64
 SHAPES = {"conv_w": (C1, 1, 3, 3), "conv_b": (C1,), "w1": (HIDDEN, C1 * 16), "b1": (HIDDEN,),
           "w2": (10, HIDDEN), "b2": (10,)}
 
