@@ -23,7 +23,8 @@ setup(
         "cloudpickle",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        # The tutorials run (in a fast mode) as part of the tests, so their dependencies are here too.
+        "test": ["pytest", "hypothesis", "scikit-learn", "matplotlib", "tqdm"],
         "bench": ["torch==2.13.0", "matplotlib"],
         "tutorials": ["scikit-learn", "matplotlib", "tqdm"],
     },
