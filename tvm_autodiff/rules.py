@@ -88,9 +88,8 @@ def _hypot(e, d):
     return add(scale(a / e, d(a)), scale(b / e, d(b)))
 
 
-def _fmod(e, d):
-    # fmod(a, b) = a - b·trunc(a/b), and trunc is piecewise constant.
-    a, b = e.args
+def _trunc_mod(a, b, d):
+    # a mod b = a - b·trunc(a/b) (fmod, and truncmod on floats), and trunc is piecewise constant.
     return sub(d(a), scale(tirx.trunc(a / b), d(b)))
 
 
@@ -157,7 +156,7 @@ CALL_RULES: dict[str, Callable] = {
     "tirx.pow": _pow,
     "tirx.atan2": _atan2,
     "tirx.hypot": _hypot,
-    "tirx.fmod": _fmod,
+    "tirx.fmod": lambda e, d: _trunc_mod(*e.args, d),
     "tirx.copysign": _copysign,
     "tirx.fma": _fma,
     "tirx.ldexp": _ldexp,
@@ -208,8 +207,7 @@ NODE_RULES: dict[type, Callable] = {
     # Float floordiv is floor(a/b): piecewise constant.
     tirx.FloorDiv: _zero,
     tirx.FloorMod: lambda e, d: sub(d(e.a), scale(tirx.floor(e.a / e.b), d(e.b))),
-    # Float truncmod (tirx.truncmod gives Mod) is a - b·trunc(a/b), like fmod.
-    tirx.Mod: lambda e, d: sub(d(e.a), scale(tirx.trunc(e.a / e.b), d(e.b))),
+    tirx.Mod: lambda e, d: _trunc_mod(e.a, e.b, d),  # tirx.truncmod on floats
     tirx.Min: lambda e, d: select(e.a <= e.b, d(e.a), d(e.b), e),
     tirx.Max: lambda e, d: select(e.a >= e.b, d(e.a), d(e.b), e),
     tirx.Select: lambda e, d: select(e.condition, d(e.true_value), d(e.false_value), e),
