@@ -62,6 +62,27 @@ def _key(e, names: TensorMap):
     return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
 
 
+def _is_index_mask(t: te.Tensor) -> bool:
+    """An elementwise tensor that reads no tensor and is zero somewhere: select(c(i), v(i), 0),
+    such as the identity adjoint [p == i] of a Jacobian.  Inlining it into a reduction exposes c to
+    the solver; it costs nothing to recompute."""
+    op = t.op
+    if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or isinstance(op.body[0], tirx.Reduce):
+        return False
+    found = tvm_ffi.structural_walk(op.body[0], (Call, lambda c: tvm_ffi.VisitInterrupt(c) if is_load(c) else None))
+    return not isinstance(found, tvm_ffi.VisitInterrupt) and not is_const(nonzero(op.body[0]).cond, True)
+
+
+def inline_index_masks(expr):
+    """expr with every read of an index mask (see `_is_index_mask`) replaced by the mask's body."""
+    def visit(c):
+        if is_load(c) and _is_index_mask(c.args[0]):
+            op = c.args[0].op
+            return substitute(op.body[0], {iv.var: i for iv, i in zip(op.axis, c.args[1:])})
+        return c
+    return tvm_ffi.structural_map(expr, (Call, visit))
+
+
 def split_terms(source) -> list[tuple[list, object]]:
     """[(atoms, value)]: source == Σ [∧ atoms] · value, the conjunctions being disjoint per
     monomial; values with the same conjunction are added up."""
@@ -165,7 +186,7 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
         return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
     red = [(rv.var, rv.dom.min, rv.dom.extent) for rv in r.axis]
-    split = split_terms(r.source[0])
+    split = split_terms(inline_index_masks(r.source[0]))
     if len(split) == 1 and not split[0][0]:
         return None  # no condition anywhere: already as cheap as it gets
     terms = [t for t in (reduce_term(atoms, value, outer, red) for atoms, value in split) if t is not None]

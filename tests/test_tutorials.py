@@ -69,3 +69,13 @@ def test_05_cuda(tmp_path):
         assert "OK nvcc compiled the kernels to PTX" in out
     if tvm.cuda(0).exist:
         assert "OK GPU training steps match the CPU" in out
+
+
+def test_04_hessian_newton(tmp_path):
+    pytest.importorskip("sklearn")
+    out = run_tutorial("04_hessian_newton.py", tmp_path)
+    losses = [float(v) for v in re.findall(r"^iteration \d+: loss ([\d.]+)", out, re.M)]
+    assert len(losses) >= 3 and losses == sorted(losses, reverse=True), out
+    for line in ("OK the Hessian is compact", "OK Hessian matches the closed form",
+                 "OK Newton's method converged"):
+        assert line in out
