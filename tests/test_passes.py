@@ -1,0 +1,538 @@
+"""Zero elimination (`tvm_autodiff.passes`, issue 3): differential tests over the whole op table,
+the work targets, the no-Jacobian property, and unit tests of the pass pieces.
+
+* Every case of tests/test_ops.py CASES: gradients for a random head with the passes on and off
+  agree on random data (one `ad.build` per case with both sets of gradients, unscheduled so that
+  only the passes are under test), the optimized gradient costs at most 4x the forward pass (the
+  head `full_like(out, 1)` counts as forward work), and no tensor of the optimized gradient graph
+  is a materialized Jacobian (shape out.shape + in.shape).
+* The named targets of issue 3 (A + Aᵀ, conv2d strides x dilations, pools, softmax, log_softmax,
+  flatten, reshape).
+* nonzero.py (nonzero / monomials / disjoint_dnf) and eliminate.py (split_terms, reduce_term,
+  eliminate_reduction, eliminate_zeros) with brute-force and value checks.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import te, tirx, topi
+from tvm.ir import Call
+
+import tvm_autodiff as ad
+from gradcheck import make_values, normal
+from test_ops import CASES
+from tvm_autodiff.graph import ops_post_order, placeholders
+from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
+from tvm_autodiff.passes.eliminate import reduce_term, split_terms
+from tvm_autodiff.passes.nonzero import disjoint_dnf, monomials, nonzero
+
+F64 = "float64"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def forward_work(out: te.Tensor) -> int:
+    """The forward pass plus the head full_like(out, 1), as issue 3 counts it."""
+    return ad.work([out, topi.full_like(out, 1.0)]).iterations
+
+
+def tols(dtype: str) -> tuple:
+    """(rtol, atol) for passes-on vs passes-off: both compute the same sums, in another order."""
+    return (1e-9, 1e-12) if dtype == F64 else (2e-5, 1e-6)
+
+
+def assert_agree(naive, opt, dtype, what=""):
+    rtol, atol = tols(dtype)
+    naive, opt = np.asarray(naive, "float64"), np.asarray(opt, "float64")
+    scale = float(np.max(np.abs(naive), initial=0.0))
+    np.testing.assert_allclose(opt, naive, rtol=rtol, atol=atol * max(1.0, scale), err_msg=what)
+
+
+def has_select(tensors) -> list:
+    """Names of the compute ops of the graph whose bodies contain a Select or an if_then_else."""
+    hits = []
+    for op in ops_post_order(tensors):
+        if not isinstance(op, te.ComputeOp):
+            continue
+        found = []
+
+        def visit(n):
+            if isinstance(n, tirx.Select) or (isinstance(n, Call) and n.op.name == "prim.if_then_else"):
+                found.append(n)
+        for body in op.body:
+            tvm_ffi.structural_walk(body, visit)
+        if found:
+            hits.append(op.name)
+    return hits
+
+
+def dims(shape) -> tuple:
+    return tuple(int(d) for d in shape)
+
+
+def jacobian_like(grads, out, inputs) -> list:
+    """Compute tensors of the gradient graph shaped out.shape + x.shape for some input x.
+
+    A shape alone cannot tell a Jacobian from a tensor that happens to have the same shape as
+    some tensor of the forward graph (out (3,) and x (4,) give (3, 4), the shape of another
+    input), so shapes that some forward tensor has are not flagged."""
+    forward = {dims(op.output(v).shape) for op in ops_post_order([out]) for v in range(op.num_outputs)}
+    bad = {dims(out.shape) + dims(x.shape) for x in inputs} - forward
+    return [op.name for op in ops_post_order(grads)
+            if isinstance(op, te.ComputeOp) and any(dims(op.output(v).shape) in bad
+                                                     for v in range(op.num_outputs))]
+
+
+class Case:
+    """One op-table case, differentiated with and without the passes (cached per case id)."""
+
+    def __init__(self, builder):
+        built = builder()
+        self.out, self.inputs = built[0], list(built[1])
+        self.extra = dict(built[2]) if len(built) > 2 else {}
+        self.dtype = str(self.out.dtype)
+        self.head = te.placeholder(self.out.shape, self.dtype, name="H")
+        self.naive = list(ad.differentiate(self.out, self.inputs, head=self.head, optimize=False))
+        self.opt = list(ad.differentiate(self.out, self.inputs, head=self.head, optimize=True))
+
+
+_CASES = {p.id: p for p in CASES}
+
+
+@functools.lru_cache(maxsize=None)
+def get_case(cid: str) -> Case:
+    return Case(_CASES[cid].values[0])
+
+
+# -- the op table: passes on == passes off --------------------------------------------------------
+
+
+@pytest.mark.parametrize("cid", list(_CASES))
+def test_passes_agree_with_naive(cid):
+    c = get_case(cid)
+    params = placeholders([c.out])
+    f = ad.build(c.naive + c.opt, params + [c.head], schedule=None)
+    rng = np.random.default_rng(1234)
+    values = make_values(params, rng, c.extra.get("gens"))
+    head = np.array(normal(rng, dims(c.out.shape), c.dtype), dtype=c.dtype)
+    res = f(*values, head)
+    n = len(c.inputs)
+    for x, g0, g1 in zip(c.inputs, res[:n], res[n:]):
+        assert g1.shape == dims(x.shape)
+        assert np.all(np.isfinite(g1)), f"d{x.name}: non-finite values with the passes on"
+        assert_agree(g0, g1, str(x.dtype), f"{cid}: d{x.name} with passes on vs off")
+
+
+# -- the op table: work ratio ---------------------------------------------------------------------
+
+MAX_RATIO = 4
+
+# Cases whose optimized gradient costs more than 4x the forward pass (ratios measured with the op
+# table's shapes; they grow with the reduction length, so they are real, not constant-factor,
+# misses; analysed with ad.explain).
+_LET = ("nonzero() does not look through tirx.Let: the Iverson bracket select(i == i_r && j == j_r) "
+        "stays inside the let-bound tangent, so the adjoint is a full |Y|x|A| reduction "
+        "(quadratic; ratio 12 on 3x4)")
+_PAIR = ("general comm_reducer gradient (edges._pair_derivatives) is one tangent reduction over "
+         "the whole reduce axis per input element: O(|A| * K) work, ratio ~K+1")
+_ADAPTIVE = ("adaptive pool windows have select(...) bounds (non-affine in the outer index), so the "
+             "index equality is not solved and the adjoint sums a 4-D box "
+             "(outputs-per-input x window); ratio 12-15")
+RATIO_XFAIL = {
+    "let": _LET, "let-nested": _LET,
+    "reduce-prod": _PAIR, "reduce-prod-init": _PAIR, "reduce-prod-where": _PAIR,
+    "reduce-prod-where-init": _PAIR, "reduce-prod-2axes": _PAIR, "reduce-prod-2axes-where": _PAIR,
+    "reduce-prod-output-dependent-domain": _PAIR,
+    "reduce-argmax-pair-value": _PAIR, "reduce-argmax-pair-both-outputs": _PAIR,
+    "reduce-argmax-pair-where": _PAIR, "reduce-logsumexp-where-init": _PAIR,
+    "adaptive-pool-avg": _ADAPTIVE, "adaptive-pool-max": _ADAPTIVE,
+}
+
+
+def _ratio_params():
+    out = []
+    for cid in _CASES:
+        marks = [pytest.mark.xfail(strict=True, reason=RATIO_XFAIL[cid])] if cid in RATIO_XFAIL else []
+        out.append(pytest.param(cid, marks=marks, id=cid))
+    return out
+
+
+@pytest.mark.parametrize("cid", _ratio_params())
+def test_work_ratio(cid):
+    c = get_case(cid)
+    fwd = forward_work(c.out)
+    grad = ad.work(c.opt).iterations
+    assert grad <= MAX_RATIO * fwd, (f"{cid}: gradient work {grad} > {MAX_RATIO} x forward {fwd} "
+                                     f"(ratio {grad / fwd:.2f})")
+
+
+@pytest.mark.parametrize("cid", list(_CASES))
+def test_no_materialized_jacobian(cid):
+    c = get_case(cid)
+    if len(c.out.shape) == 0:
+        return   # out.shape + x.shape is x.shape: the gradient itself
+    bad = jacobian_like(c.opt, c.out, c.inputs)
+    assert not bad, f"{cid}: optimized gradient materializes Jacobian-shaped tensors {bad}"
+
+
+# -- the named targets of issue 3 ------------------------------------------------------------------
+
+
+def _differential(out, inputs, seed=0, gens=None):
+    """Build naive and optimized gradients in one unscheduled module and compare them;
+    returns (naive grads, optimized grads)."""
+    H = te.placeholder(out.shape, str(out.dtype), name="H")
+    naive = list(ad.differentiate(out, inputs, head=H, optimize=False))
+    opt = list(ad.differentiate(out, inputs, head=H, optimize=True))
+    params = placeholders([out])
+    f = ad.build(naive + opt, params + [H], schedule=None)
+    rng = np.random.default_rng(seed)
+    values = make_values(params, rng, gens)
+    head = np.array(normal(rng, dims(out.shape), str(out.dtype)), dtype=str(out.dtype))
+    res = f(*values, head)
+    n = len(inputs)
+    for x, g0, g1 in zip(inputs, res[:n], res[n:]):
+        assert_agree(g0, g1, str(x.dtype), f"d{x.name}")
+    return naive, opt
+
+
+def test_transpose_sum_10x10():
+    A = te.placeholder((10, 10), F64, name="A")
+    Y = te.compute((10, 10), lambda i, j: A[i, j] + A[j, i], name="Y")
+    naive, opt = _differential(Y, [A])
+    assert ad.work(opt).iterations <= 300
+    assert ad.work(naive).iterations >= 10_000
+
+
+@pytest.mark.parametrize("stride,dilation", list(itertools.product((1, 2, 3), repeat=2)))
+def test_conv2d_strides_dilations(stride, dilation):
+    X, W = te.placeholder((1, 2, 10, 10), F64, name="X"), te.placeholder((3, 2, 3, 3), F64, name="W")
+    Y = topi.nn.conv2d(X, W, strides=stride, padding=1, dilation=dilation)
+    H = te.placeholder(Y.shape, F64, name="H")
+    grads = list(ad.differentiate(Y, [X, W], head=H))
+    fwd, grad = forward_work(Y), ad.work(grads).iterations
+    assert grad <= 3 * fwd, f"s{stride} d{dilation}: {grad} > 3 x {fwd} (ratio {grad / fwd:.2f})"
+    assert not jacobian_like(grads, Y, [X, W])
+
+
+# kernel = max(2, stride): with kernel < stride the windows skip elements of X, yet the gradient
+# still has to write every element of X (zeros included) while the forward pass reads only the
+# windows, so its ratio is bounded by |X| / |windows| rather than by a constant; kernel >= stride
+# (every element of X in some window) is the configuration where "gradient <= 3 x forward" is
+# meaningful.
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_pool_strides(kind, stride):
+    kernel = max(2, stride)
+    X = te.placeholder((1, 2, 10, 10), F64, name="X")
+    Y = topi.nn.pool2d(X, kernel=(kernel, kernel), stride=(stride, stride), dilation=(1, 1),
+                       padding=(0, 0, 0, 0), pool_type=kind, count_include_pad=False)
+    H = te.placeholder(Y.shape, F64, name="H")
+    grads = list(ad.differentiate(Y, [X], head=H))
+    fwd, grad = forward_work(Y), ad.work(grads).iterations
+    assert grad <= 3 * fwd, f"{kind} s{stride}: {grad} > 3 x {fwd} (ratio {grad / fwd:.2f})"
+
+
+def _softmax():
+    X = te.placeholder((4, 7), F64, name="X")
+    return topi.nn.softmax(X, axis=-1), X
+
+
+def _log_softmax():
+    X = te.placeholder((4, 7), F64, name="X")
+    return topi.nn.log_softmax(X), X
+
+
+def _flatten():
+    X = te.placeholder((2, 3, 4, 5), F64, name="X")
+    return topi.nn.flatten(X), X
+
+
+def _reshape():
+    X = te.placeholder((2, 3, 4), F64, name="X")
+    return topi.reshape(X, (4, 6)), X
+
+
+@pytest.mark.parametrize("make", [_softmax, _log_softmax, _flatten, _reshape],
+                         ids=["softmax", "log_softmax", "flatten", "reshape"])
+def test_linear_ops_within_3x_forward(make):
+    Y, X = make()
+    naive, opt = _differential(Y, [X])
+    fwd, grad = forward_work(Y), ad.work(opt).iterations
+    assert grad <= 3 * fwd, f"{Y.name}: {grad} > 3 x {fwd}"
+    assert ad.work(naive).iterations > grad
+
+
+def test_flatten_gradient_has_no_residual_select():
+    Y, X = _flatten()
+    H = te.placeholder(Y.shape, F64, name="H")
+    (dX,) = ad.differentiate(Y, [X], head=H)
+    assert has_select([dX]) == [], ad.explain(dX)
+    # ...and the naive gradient did have one (the test would be vacuous otherwise).
+    (naive,) = ad.differentiate(Y, [X], head=H, optimize=False)
+    assert has_select([naive])
+
+
+# -- nonzero.py ---------------------------------------------------------------------------------------
+
+I32 = "int32"
+
+
+def _ints(*names):
+    return [tirx.Var(n, I32) for n in names]
+
+
+def _eval_bool(cond, env: dict) -> bool:
+    """Evaluate an integer condition at a point by substitution and constant folding."""
+    from tvm_autodiff.reductions import substitute
+    e = tvm.sym.Analyzer().simplify(substitute(cond, {v: tirx.const(x, I32) for v, x in env.items()}))
+    assert isinstance(e, tirx.IntImm), f"{cond} did not fold at {env}: {e}"
+    return bool(e.value)
+
+
+def _grid(vars, lo=-2, hi=5):
+    for pt in itertools.product(range(lo, hi), repeat=len(vars)):
+        yield dict(zip(vars, pt))
+
+
+def test_nonzero_rules():
+    i, j = _ints("i", "j")
+    x = tirx.Var("x", F64)
+    z = tirx.const(0.0, F64)
+    a = tirx.Select(i < j, x, z)
+    b = tirx.Select(i == 2, x * 2.0, z)
+    # a product: both conditions
+    n = nonzero(a * b)
+    assert not _is_true(n.cond)
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (env[i] < env[j] and env[i] == 2)
+    # a sum of different conditions: the disjunction; of equal conditions: the condition itself
+    n = nonzero(a + b)
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (env[i] < env[j] or env[i] == 2)
+    n = nonzero(a + tirx.Select(i < j, x * x, z))
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (env[i] < env[j])
+    # a division takes its numerator's condition; select(q, 0, b) gives ¬q
+    n = nonzero(a / (x + 1.0))
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (env[i] < env[j])
+    n = nonzero(tirx.Select(i < j, z, x))
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (not env[i] < env[j])
+    n = nonzero(te.if_then_else(j >= 1, x, z))
+    for env in _grid([i, j]):
+        assert _eval_bool(n.cond, env) == (env[j] >= 1)
+    # zero is never nonzero; anything else is always
+    assert _is_false(nonzero(z).cond) and _is_false(nonzero(z * x).cond)
+    assert _is_true(nonzero(te.exp(x)).cond)
+
+
+def _is_true(c):
+    return isinstance(c, tirx.IntImm) and bool(c.value)
+
+
+def _is_false(c):
+    return isinstance(c, tirx.IntImm) and not bool(c.value)
+
+
+def test_monomials_distribute_products_over_sums():
+    i, j = _ints("i", "j")
+    x, y = tirx.Var("x", F64), tirx.Var("y", F64)
+    z = tirx.const(0.0, F64)
+    e = (tirx.Select(i < j, x, z) + tirx.Select(i == j, y, z)) * (x - tirx.Select(j > 0, y, z))
+    ms = monomials(e)
+    assert len(ms) == 4
+    # The sum of the monomials equals e at every integer point and some float values.
+    for env in _grid([i, j], -1, 3):
+        for xv, yv in [(0.5, -1.25), (2.0, 3.0)]:
+            full = {**{v: tirx.const(val, I32) for v, val in env.items()},
+                    x: tirx.const(xv, F64), y: tirx.const(yv, F64)}
+            assert abs(_eval_float(sum(ms[1:], ms[0]), full) - _eval_float(e, full)) < 1e-12
+
+
+def _eval_float(e, env):
+    from tvm_autodiff.reductions import substitute
+    r = tvm.sym.Analyzer().simplify(substitute(e, env))
+    assert isinstance(r, (tirx.FloatImm, tirx.IntImm)), r
+    return float(r.value)
+
+
+def test_disjoint_dnf_is_a_partition():
+    i, j, k = _ints("i", "j", "k")
+    conds = [
+        tirx.Or(i < j, j == k),
+        tirx.And(tirx.Or(i == 0, j == 1), tirx.Or(k > 2, i + j == k)),
+        tirx.Or(tirx.Or(i == j, j == k), i == k),
+        tirx.And(i >= 1, j < 3),
+        tirx.const(False, "bool"),
+    ]
+    for c in conds:
+        dnf = disjoint_dnf(c)
+        for env in _grid([i, j, k], -1, 4):
+            hits = [all(_eval_bool(a, env) for a in conj) for conj in dnf]
+            assert sum(hits) == int(_eval_bool(c, env)), (c, env, dnf)
+
+
+# -- eliminate.py --------------------------------------------------------------------------------------
+
+
+def test_split_terms_sum_over_a_disjunction():
+    i, k = _ints("i", "k")
+    x = tirx.Var("x", F64)
+    z = tirx.const(0.0, F64)
+    src = tirx.Select(tirx.Or(k == i, k == i + 1), x, z) + tirx.Select(k == i, x * 3.0, z)
+    terms = split_terms(src)
+    # Values with the same conjunction are merged; the conjunctions are pairwise disjoint.
+    conjs = [tirx.all(*atoms) if atoms else tirx.const(True, "bool") for atoms, _ in terms]
+    for env in _grid([i, k], -1, 4):
+        assert sum(_eval_bool(c, env) for c in conjs) <= 1
+    # Σ [conj]·value == src pointwise
+    for env in _grid([i, k], -1, 4):
+        full = {**{v: tirx.const(val, I32) for v, val in env.items()}, x: tirx.const(1.5, F64)}
+        total = sum(_eval_float(v, full) for c, (_, v) in zip(conjs, terms) if _eval_bool(c, env))
+        assert abs(total - _eval_float(src, full)) < 1e-12
+
+
+def test_reduce_term_solves_and_detects_empty():
+    i, k, l = _ints("i", "k", "l")
+    x = tirx.Var("x", F64)
+    outer = [(i, tirx.const(0, I32), tirx.const(8, I32))]
+    red = [(k, tirx.const(0, I32), tirx.const(8, I32))]
+    # k == i: a gather, no reduce axis left, no condition (k's range holds for every i in [0, 8))
+    t = reduce_term([tirx.EQ(k, i)], x * 2.0, outer, red)
+    assert t is not None and t.axes == ()
+    # 2k == 2i + 1 has no integer solution: the term vanishes
+    assert reduce_term([tirx.EQ(2 * k, 2 * i + 1)], x, outer, red) is None
+    # k == i + 10 is out of range for every i: empty domain
+    assert reduce_term([tirx.EQ(k, i + 10)], x, outer, red) is None
+    # 2k == i: only even i contribute, as a condition on i alone
+    t = reduce_term([tirx.EQ(2 * k, i)], x, outer, red)
+    assert t is not None and t.axes == ()
+    # k + l == i over k, l in [0, 8): one axis left, of extent i + 1 (a triangle, not a square)
+    red2 = red + [(l, tirx.const(0, I32), tirx.const(8, I32))]
+    t = reduce_term([tirx.EQ(k + l, i)], x, outer, red2)
+    assert t is not None and len(t.axes) == 1
+    for iv in range(8):
+        ext = tvm.sym.Analyzer().simplify(
+            tvm_ffi.structural_map(t.axes[0][1], (tirx.Var, lambda v: tirx.const(iv, I32) if v.same_as(i) else v)))
+        assert int(ext.value) == iv + 1
+
+
+def test_eliminate_reduction_declines_what_it_cannot_improve():
+    A = te.placeholder((5, 6), F64, name="A")
+    k = te.reduce_axis((0, 6), name="k")
+    S = te.compute((5,), lambda i: te.sum(A[i, k], axis=k), name="S")
+    assert eliminate_reduction(S.op, list(S.op.body)) is None      # no condition
+    k2 = te.reduce_axis((0, 6), name="k2")
+    M = te.compute((5,), lambda i: te.max(tirx.Select(k2 == i, A[i, k2], tirx.const(-1e300, F64)), axis=k2),
+                   name="M")
+    assert eliminate_reduction(M.op, list(M.op.body)) is None      # not a sum
+    E = te.compute((5, 6), lambda i, j: A[i, j] * 2.0, name="E")
+    assert eliminate_reduction(E.op, list(E.op.body)) is None      # not a reduction
+    assert eliminate_zeros(S).same_as(S) or eliminate_zeros(S) == S
+
+
+def _where(c, v):
+    return tirx.Select(c, v, tirx.const(0.0, F64))
+
+
+def _sel_reductions():
+    """(name, builder) pairs: sum reductions full of zeros, with known cheap forms."""
+    out = []
+
+    def diag():
+        A = te.placeholder((6, 6), F64, name="A")
+        k = te.reduce_axis((0, 6), name="k")
+        return te.compute((6,), lambda i: te.sum(_where(k == i, A[i, k]), axis=k), name="Y"), [A]
+    out.append(("diagonal", diag))
+
+    def transpose_sum():
+        A = te.placeholder((5, 5), F64, name="A")
+        k, l = te.reduce_axis((0, 5), name="k"), te.reduce_axis((0, 5), name="l")
+        return te.compute((5, 5), lambda i, j: te.sum(
+            _where(tirx.Or(tirx.And(k == i, l == j), tirx.And(k == j, l == i)), A[k, l]),
+            axis=[k, l]), name="Y"), [A]
+    out.append(("disjunction-transpose", transpose_sum))
+
+    def strided_padded():
+        # the adjoint of a stride-2, kernel-3, pad-1 window: X̄[j] = Σ_{i,r} [2i + r - 1 == j] Ȳ[i]
+        G = te.placeholder((5,), F64, name="G")
+        i, r = te.reduce_axis((0, 5), name="i"), te.reduce_axis((0, 3), name="r")
+        return te.compute((9,), lambda j: te.sum(_where(2 * i + r - 1 == j, G[i] * (r + 1.0)), axis=[i, r]),
+                          name="Y"), [G]
+    out.append(("strided-window-adjoint", strided_padded))
+
+    def divmod_reshape():
+        # the adjoint of a reshape (4, 6) -> (24,):  X̄[a, b] = Σ_t [t // 6 == a && t % 6 == b] Ȳ[t]
+        G = te.placeholder((24,), F64, name="G")
+        t = te.reduce_axis((0, 24), name="t")
+        return te.compute((4, 6), lambda a, b: te.sum(_where(tirx.And(t // 6 == a, t % 6 == b), G[t]), axis=t),
+                          name="Y"), [G]
+    out.append(("divmod-reshape-adjoint", divmod_reshape))
+
+    def triangle():
+        A = te.placeholder((7,), F64, name="A")
+        k = te.reduce_axis((0, 7), name="k")
+        return te.compute((7,), lambda i: te.sum(_where(k <= i, A[k] * A[k]), axis=k), name="Y"), [A]
+    out.append(("triangle", triangle))
+
+    def outer_only():
+        A = te.placeholder((6, 4), F64, name="A")
+        k = te.reduce_axis((0, 4), name="k")
+        return te.compute((6,), lambda i: te.sum(_where(i % 2 == 0, A[i, k]) + _where(k == i, A[i, k] * 3.0),
+                                                     axis=k), name="Y"), [A]
+    out.append(("outer-condition-and-gather", outer_only))
+
+    def unsolvable():
+        A = te.placeholder((6,), F64, name="A")
+        k = te.reduce_axis((0, 6), name="k")
+        return te.compute((6,), lambda i: te.sum(_where(2 * k == 2 * i + 1, A[k]) + A[k] * 0.5, axis=k),
+                          name="Y"), [A]
+    out.append(("unsolvable-plus-dense", unsolvable))
+
+    def lattice():
+        # 2k + 3l == i: fresh lattice variable
+        A = te.placeholder((4, 4), F64, name="A")
+        k, l = te.reduce_axis((0, 4), name="k"), te.reduce_axis((0, 4), name="l")
+        return te.compute((18,), lambda i: te.sum(_where(2 * k + 3 * l == i, A[k, l]), axis=[k, l]), name="Y"), [A]
+    out.append(("lattice-2k+3l", lattice))
+
+    def if_then_else_padding():
+        A = te.placeholder((6,), F64, name="A")
+        k = te.reduce_axis((0, 3), name="k")
+        return te.compute((6,), lambda i: te.sum(
+            te.if_then_else(tirx.And(i + k - 1 >= 0, i + k - 1 < 6), A[i + k - 1], tirx.const(0.0, F64)) * (k - 1.0),
+            axis=k), name="Y"), [A]
+    out.append(("if-then-else-padding", if_then_else_padding))
+    return out
+
+
+@pytest.mark.parametrize("name,builder", _sel_reductions(), ids=[n for n, _ in _sel_reductions()])
+def test_eliminate_zeros_values(name, builder):
+    Y, inputs = builder()
+    Z = eliminate_zeros(Y)
+    f = ad.build([Y, Z], inputs, schedule=None)
+    rng = np.random.default_rng(7)
+    vals = [rng.standard_normal(dims(x.shape)) for x in inputs]
+    y, z = f(*vals)
+    assert_agree(y, z, F64, name)
+    assert ad.work(Z).iterations <= ad.work(Y).iterations, ad.explain(Y)
+    if name not in ("if-then-else-padding", "unsolvable-plus-dense"):   # nothing to gain there
+        assert ad.work(Z).iterations < ad.work(Y).iterations, ad.explain(Y)
+
+
+def test_jacobian_detector_detects_a_jacobian():
+    """The no-Jacobian check is not vacuous: head=None asks for the Jacobian, and it is flagged."""
+    A = te.placeholder((3, 4), F64, name="A")
+    Y = te.compute((4, 3), lambda i, j: A[j, i] * 2.0, name="Y")
+    (J,) = ad.differentiate(Y, [A])
+    assert jacobian_like([J], Y, [A])
+    H = te.placeholder(Y.shape, F64, name="H")
+    assert not jacobian_like(list(ad.differentiate(Y, [A], head=H)), Y, [A])
