@@ -43,6 +43,8 @@ def lookup(func: tirx.PrimFunc, target: tvm.target.Target, work_dir: Optional[st
 
 def _progress_callback(total: int):
     """A measure callback that advances a progress bar (tqdm when installed) per measured trial."""
+    from tvm.ir.utils import derived_object
+
     ms = _ms()
     try:
         from tqdm import tqdm
@@ -50,7 +52,7 @@ def _progress_callback(total: int):
     except ImportError:
         bar = None
 
-    @ms.utils.derived_object
+    @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
         done = 0
 
