@@ -25,7 +25,7 @@ setup(
     extras_require={
         # The tutorials run (in a fast mode) as part of the tests, so their dependencies are here too.
         "test": ["pytest", "hypothesis", "scikit-learn", "matplotlib", "tqdm"],
-        "bench": ["torch==2.13.0", "matplotlib"],
+        "bench": ["torch==2.13.0", "matplotlib", "tqdm"],
         "tutorials": ["scikit-learn", "matplotlib", "tqdm"],
     },
 )

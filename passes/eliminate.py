@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import tvm_ffi
-from tvm import sym, te, tirx
+from tvm import te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify
+from tvm_autodiff.graph import TensorMap, is_load, make_compute, positive_divisors, rebuild, simplify
 from tvm_autodiff.reductions import component_kind, substitute
 
 from . import linsolve
@@ -106,7 +106,6 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     """Σ_{k ∈ red} [∧ atoms] · value as a Term with the smallest exact domain; None when zero.
 
     outer, red: [(var, min, extent)]."""
-    ana = sym.Analyzer()
     eqs = [(a.a, a.b) for a in atoms if _is_index_eq(a)]
     others = [a for a in atoms if not _is_index_eq(a)]
     red_vars = [v for v, _, _ in red]
@@ -129,12 +128,12 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
         return None
     deskew, axes = {}, []
     for bound in dom.axes:
-        extent = ana.simplify(bound.extent)
+        extent = simplify(bound.extent)
         if is_const(extent, 1):
-            deskew[bound.var] = bound.lo
+            deskew[bound.var] = positive_divisors(bound.lo)
         else:
             k = tirx.Var(bound.var.name, str(bound.var.ty.dtype))
-            deskew[bound.var] = bound.lo + k
+            deskew[bound.var] = positive_divisors(bound.lo) + k
             axes.append((k, extent))
     body = substitute(value, deskew)
     residual = substitute(dom.residual, deskew)
@@ -142,12 +141,12 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes else None
     if hit is not None and not any(hit[1] in free_vars(ext) for _, ext in axes):
         n, o, g = hit
-        keep = tirx.all(dom.outer_cond, *atoms[:n], *atoms[n + 1:])
+        keep = tirx.all(positive_divisors(dom.outer_cond), *atoms[:n], *atoms[n + 1:])
         body = tirx.Select(keep, body, tirx.const(0, str(body.ty.dtype)))
         return Term(TRUE, tuple(axes), simplify(body), scatter=(o, g))
     if not is_const(residual, True):
         body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
-    outer_cond = dom.outer_cond
+    outer_cond = positive_divisors(dom.outer_cond)
     if axes and not is_const(outer_cond, True):
         # Where the outer condition fails, shrink the first axis to one (masked) point: the
         # reduction then costs nothing there, instead of summing a whole box that a select outside

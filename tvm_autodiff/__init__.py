@@ -10,7 +10,7 @@ import tvm
 from tvm import te
 
 from . import passes
-from .build import build
+from .build import Compiled, build, compile_ptx
 from .errors import DifferentiationError
 from .reverse import Gradients, differentiate
 from .counting import Work, explain, work
@@ -41,5 +41,5 @@ def hessian(output: te.Tensor, input: te.Tensor, input2: te.Tensor | None = None
 tvm.differentiate = differentiate
 te.gradient = gradient
 
-__all__ = ["DifferentiationError", "Gradients", "Work", "build", "differentiate", "explain", "gradient", "hessian",
+__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "hessian",
            "jacobian", "passes", "work"]

@@ -183,4 +183,29 @@ def simplify(expr):
         return tensors[int(name[6:])](*c.args[1:])
 
     hidden = tvm_ffi.structural_map(expr, (Call, hide))
-    return tvm_ffi.structural_map(tvm.sym.Analyzer().simplify(hidden), (Call, reveal))
+    return positive_divisors(tvm_ffi.structural_map(tvm.sym.Analyzer().simplify(hidden), (Call, reveal)))
+
+
+def _negative_divisor(e):
+    return isinstance(e.b, tirx.IntImm) and e.b.value < 0
+
+
+def positive_divisors(expr):
+    """expr with integer floordiv/floormod by negative constants rewritten over positive ones:
+
+        a // -c = 0 - (a + c - 1) // c          a % -c = (a + c - 1) % c - (c - 1)
+
+    The analyzer likes to emit `k // -3`, which TVM 0.27 miscompiles once loops are fused."""
+    def div(e):
+        if not _negative_divisor(e):
+            return e
+        c = tirx.const(-e.b.value, str(e.b.ty.dtype))
+        return tirx.const(0, str(e.ty.dtype)) - tirx.floordiv(e.a + (c - 1), c)
+
+    def mod(e):
+        if not _negative_divisor(e):
+            return e
+        c = tirx.const(-e.b.value, str(e.b.ty.dtype))
+        return tirx.floormod(e.a + (c - 1), c) - (c - 1)
+
+    return tvm_ffi.structural_map(tvm_ffi.structural_map(expr, (tirx.FloorDiv, div)), (tirx.FloorMod, mod))
