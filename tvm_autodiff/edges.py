@@ -128,12 +128,14 @@ class EdgeBuilder:
         return out
 
     def _is_arg_extremum(self, op: te.ComputeOp, v: int):
-        """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor."""
+        """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor.  One linear
+        index rather than one per axis: the equation reads tensor data, so no solver can use it
+        anyway, and the forward reduction carries one value less per axis."""
         key = (op, v)
         if key not in self._argmax:
             self._argmax[key] = _arg_extremum(op, v)
-        idx = [iv.var for iv in op.axis]
-        return tirx.all(*[rv.var == t(*idx) for rv, t in zip(op.reduce_axis, self._argmax[key])])
+        lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
+        return lin == self._argmax[key](*[iv.var for iv in op.axis])
 
     def _pair_tensors(self, op: te.ComputeOp, w: int) -> dict:
         """{v: D_wv[i, k - min]} read expressions in op's variables."""
@@ -177,32 +179,35 @@ class EdgeBuilder:
         return make_compute(name, list(prefix) + list(X.shape), body)
 
 
-def _arg_extremum(op: te.ComputeOp, v: int) -> list[te.Tensor]:
-    """Forward tensors (k_1*, ..., k_n*)[i]: the first (lexicographically) position of the max/min of
-    op's source v over its reduce axes.  One reduction with the combiner
-        (x, lx, kx...) ⊕ (y, ly, ky...) = better(x, y) or (x == y and lx < ly) ? (x, lx, kx) : (y, ly, ky)
-    where l is the linearized reduce index that breaks ties."""
+def _linear_index(axes: Sequence[tirx.IterVar], dtype: str):
+    """The row-major position of the point `axes` in their box: it orders points lexicographically."""
+    lin = tirx.const(0, dtype)
+    for rv in axes:
+        lin = lin * rv.dom.extent + (rv.var - rv.dom.min)
+    return lin
+
+
+def _arg_extremum(op: te.ComputeOp, v: int) -> te.Tensor:
+    """Forward tensor l*[i]: the linear index (`_linear_index`) of the first position of the max/min
+    of op's source v over its reduce axes.  One reduction with the combiner
+        (x, lx) ⊕ (y, ly) = better(x, y) or (x == y and lx < ly) ? (x, lx) : (y, ly)."""
     r0 = op.body[v]
     kind = component_kind(r0.combiner, v)
     red = list(op.reduce_axis)
     idt = str(red[0].var.ty.dtype)
-    dtypes = [str(r0.source[v].ty.dtype), idt] + [idt] * len(red)
+    dtypes = [str(r0.source[v].ty.dtype), idt]
     lhs = [tirx.Var(f"x{c}", dt) for c, dt in enumerate(dtypes)]
     rhs = [tirx.Var(f"y{c}", dt) for c, dt in enumerate(dtypes)]
     better = lhs[0] > rhs[0] if kind == "max" else lhs[0] < rhs[0]
     pick = tirx.Or(better, tirx.And(lhs[0] == rhs[0], lhs[1] < rhs[1]))
     result = [tirx.Select(pick, a, b) for a, b in zip(lhs, rhs)]
-    identity = [r0.combiner.identity_element[v], tirx.max_value(idt)] + [tirx.const(0, idt)] * len(red)
-    combiner = tirx.CommReducer(lhs, rhs, result, identity)
+    combiner = tirx.CommReducer(lhs, rhs, result, [r0.combiner.identity_element[v], tirx.max_value(idt)])
 
     new_red = _fresh_reduce_axes(red)
     vmap = {a.var: b.var for a, b in zip(red, new_red)}
-    lin = tirx.const(0, idt)
-    for rv in new_red:
-        lin = lin * rv.dom.extent + (rv.var - rv.dom.min)
-    sources = [substitute(r0.source[v], vmap), lin] + [rv.var for rv in new_red]
+    sources = [substitute(r0.source[v], vmap), _linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
-    return [new_op.output(2 + d) for d in range(len(red))]
+    return new_op.output(1)
 
 
 def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:
