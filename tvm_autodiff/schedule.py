@@ -276,6 +276,10 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
         if not spatial:
             spatial = [s.add_unit_loop(block)]
         s.reorder(*spatial, *reduction, *tile, *inner)
+        # A scalar inner spatial loop stays out of the fused parallel loop, so the block does not
+        # recompute every index with div/mod from one fused counter (3x slower on an argmax pool).
+        if not inner and len(spatial) > 2:
+            spatial = spatial[:-1]
         outer = s.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         s.parallel(outer)
         if tile:
