@@ -242,3 +242,20 @@ def check_jacobian(output: te.Tensor, input: te.Tensor, *, rtol: Optional[float]
                                atol=atol + rtol * float(np.max(np.abs(num), initial=0.0)),
                                err_msg=f"Jacobian of {output.name} w.r.t. {input.name}")
     return J
+
+
+def run_poisoned(fn, *arrays) -> list:
+    """Call a compiled module (`ad.build`) like `fn(*arrays)`, but with every float output buffer
+    filled with NaN first, so that elements the kernel never writes show up as NaN instead of
+    whatever the allocator left there (which is often, but not reliably, zero)."""
+    args = fn.prepare(*arrays)
+    n = len(fn.inputs)
+    for a in args[n:]:
+        dtype = str(a.dtype)
+        if dtype.startswith("float"):
+            a.copyfrom(np.full(tuple(a.shape), np.nan, dtype=dtype))
+    fn.executable(*args)
+    values = TensorMap([*zip(fn.inputs, (a.numpy() for a in args[:n])),
+                        *((t, o.numpy()) for t, o in zip(fn.outputs, args[n:]))])
+    result = [np.array(values[t]) for t in fn.requested]
+    return result[0] if fn.single else result
