@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import tvm
 import tvm_ffi
-from tvm import te, tirx
+from tvm import sym, te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, is_load, make_compute, positive_divisors, rebuild, simplify
+from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify
 from tvm_autodiff.reductions import component_kind, substitute
 
 from . import linsolve
@@ -126,14 +127,19 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     dom = reduction_domain(remaining, outer, cond)
     if dom.empty:
         return None
+    if _unbounded(dom, outer):
+        # A fresh variable whose real bounds sit in atoms isl cannot read (e.g. select window
+        # bounds): its box is the solver's placeholder range.  Keep the term as it came.
+        return Term(TRUE, tuple((v, ext) for v, _, ext in red),
+                    _in_original_box(atoms, value, red))
     deskew, axes = {}, []
     for bound in dom.axes:
         extent = simplify(bound.extent)
         if is_const(extent, 1):
-            deskew[bound.var] = positive_divisors(bound.lo)
+            deskew[bound.var] = simplify(bound.lo)
         else:
             k = tirx.Var(bound.var.name, str(bound.var.ty.dtype))
-            deskew[bound.var] = positive_divisors(bound.lo) + k
+            deskew[bound.var] = simplify(bound.lo) + k
             axes.append((k, extent))
     body = substitute(value, deskew)
     residual = substitute(dom.residual, deskew)
@@ -141,22 +147,37 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes else None
     if hit is not None and not any(hit[1] in free_vars(ext) for _, ext in axes):
         n, o, g = hit
-        keep = tirx.all(positive_divisors(dom.outer_cond), *atoms[:n], *atoms[n + 1:])
+        keep = tirx.all(simplify(dom.outer_cond), *atoms[:n], *atoms[n + 1:])
         body = tirx.Select(keep, body, tirx.const(0, str(body.ty.dtype)))
         return Term(TRUE, tuple(axes), simplify(body), scatter=(o, g))
     if not is_const(residual, True):
         body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
-    outer_cond = positive_divisors(dom.outer_cond)
+    outer_cond = simplify(dom.outer_cond)
     if axes and not is_const(outer_cond, True):
-        # Where the outer condition fails, shrink the first axis to one (masked) point: the
-        # reduction then costs nothing there, instead of summing a whole box that a select outside
-        # would throw away.  Not to zero points: a reduction block whose loops run zero times never
-        # executes its init, and would leave its output unwritten.
-        (k0, ext0), *rest = axes
-        axes = [(k0, tirx.Select(outer_cond, ext0, tirx.const(1, str(ext0.ty.dtype))))] + rest
+        # Where the outer condition fails, shrink the axes to one (masked) point: the reduction
+        # then costs nothing there, instead of summing a whole box that a select outside would
+        # throw away.  Every axis, and to one point, not zero: isl's bounds hold only where the
+        # domain is nonempty, and a reduction block whose loops run zero times never executes its
+        # init, which would leave its output unwritten.
+        axes = [(k, tirx.Select(outer_cond, ext, tirx.const(1, str(ext.ty.dtype)))) for k, ext in axes]
         body = tirx.Select(outer_cond, body, tirx.const(0, str(body.ty.dtype)))
         outer_cond = TRUE
     return Term(outer_cond, tuple(axes), simplify(body))
+
+
+def _unbounded(dom, outer) -> bool:
+    """Whether some axis of dom may be as long as the solver's placeholder range."""
+    ana = sym.Analyzer()
+    for v, lo, ext in outer:
+        ana.bind(v, tvm.ir.Range.from_min_extent(lo, ext))
+    return any(ana.const_int_bound(b.extent).max_value >= UNBOUNDED for b in dom.axes)
+
+
+def _in_original_box(atoms: list, value, red: list):
+    """Σ_{k ∈ red} [∧ atoms] · value with the reduce variables shifted to start at 0."""
+    shift = {v: v + lo for v, lo, _ in red if not is_const(lo, 0)}
+    body = tirx.Select(tirx.all(*atoms), value, tirx.const(0, str(value.ty.dtype))) if atoms else value
+    return substitute(body, shift)
 
 
 def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:

@@ -8,6 +8,7 @@ Rules (c_x, v_x being the nonzeroness of x):
     a · b                  -> (c_a ∧ c_b, v_a · v_b)  a / b           -> (c_a, v_a / b)
     a ± b                  -> (c_a, v_a ± v_b)  if c_a ≡ c_b,  else (c_a ∨ c_b, a ± b)
     cast(a)                -> (c_a, cast(v_a))        0               -> (false, 0)
+    let v = a in b         -> nonzero(b[v := a])
     anything else          -> (true, e)
 
 `monomials` first distributes products over sums, so that each monomial's condition is a
@@ -128,8 +129,15 @@ RULES = {
 }
 
 
+def _inline_let(e):
+    """let v = a in b, as b[v := a]: a condition inside b may mention v."""
+    return tvm_ffi.structural_map(e.body, (tirx.Var, lambda v: e.value if v.same_as(e.var) else v))
+
+
 def nonzero(e) -> Nonzero:
     """(c, v) with e == select(c, v, 0); see the module docstring for the rules."""
+    if isinstance(e, tirx.Let):
+        return nonzero(_inline_let(e))
     rule = RULES.get(type(e))
     if rule is None and _select_parts(e) is not None:
         rule = _select
@@ -144,6 +152,8 @@ def _product(xs: list, ys: list, op: Callable) -> list:
 
 def monomials(e) -> list:
     """Terms t_1..t_n with e == Σ t_n, and no sum under a product, a division or a select."""
+    if isinstance(e, tirx.Let):
+        return monomials(_inline_let(e))
     if isinstance(e, tirx.Add):
         return monomials(e.a) + monomials(e.b)
     if isinstance(e, tirx.Sub):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import te, tirx
 
@@ -405,17 +405,7 @@ def check_example(ex: Example, seed: int = 0):
             f"{name} gradient: <g, v> = {ana!r}, finite differences {num!r}\n{ex.describe()}")
 
 
-# Known bugs (minimal repros with their own strict xfails in tests/test_passes.py, "known bugs"):
-# 2 of the fixed 300 examples leave gradient elements unwritten (reduce axes past the first keep a
-# negative extent where the lifted outer condition fails); over 2000 examples, windows s*i + r
-# also hit the ceil-div adjoint index that TVM miscompiles as a load index.  While the mark is on,
-# shrinking is off so the expected failure costs little; with the fix, drop the xfail and the
-# `phases` line.
-@pytest.mark.xfail(strict=True, reason=(
-    "passes on != passes off: optimized gradient elements never written (negative extent of an "
-    "inner reduce axis outside the lifted outer condition; see test_passes known bugs)"))
 @settings(max_examples=300, derandomize=True, database=None, deadline=None,
-          phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(examples())
 def test_random_expressions(ex):

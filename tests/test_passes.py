@@ -136,16 +136,12 @@ MAX_RATIO = 4
 # Cases whose optimized gradient costs more than 4x the forward pass (ratios measured with the op
 # table's shapes; they grow with the reduction length, so they are real, not constant-factor,
 # misses; analysed with ad.explain).
-_LET = ("nonzero() does not look through tirx.Let: the Iverson bracket select(i == i_r && j == j_r) "
-        "stays inside the let-bound tangent, so the adjoint is a full |Y|x|A| reduction "
-        "(quadratic; ratio 12 on 3x4)")
 _PAIR = ("general comm_reducer gradient (edges._pair_derivatives) is one tangent reduction over "
          "the whole reduce axis per input element: O(|A| * K) work, ratio ~K+1")
 _ADAPTIVE = ("adaptive pool windows have select(...) bounds (non-affine in the outer index), so the "
              "index equality is not solved and the adjoint sums a 4-D box "
              "(outputs-per-input x window); ratio 12-15")
 RATIO_XFAIL = {
-    "let": _LET, "let-nested": _LET,
     "reduce-prod": _PAIR, "reduce-prod-init": _PAIR, "reduce-prod-where": _PAIR,
     "reduce-prod-where-init": _PAIR, "reduce-prod-2axes": _PAIR, "reduce-prod-2axes-where": _PAIR,
     "reduce-prod-output-dependent-domain": _PAIR,
@@ -538,7 +534,7 @@ def test_jacobian_detector_detects_a_jacobian():
     assert not jacobian_like(list(ad.differentiate(Y, [A], head=H)), Y, [A])
 
 
-# -- known bugs: minimal reproductions (strict xfails; remove the mark with the fix) ------------------
+# -- regressions: minimal reproductions of bugs the tests found -----------------------------------
 
 
 def _on_off(out, inputs, values, head):
@@ -550,11 +546,9 @@ def _on_off(out, inputs, values, head):
     return res[:n], res[n:], opt
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wrong gradient: the window adjoint comes out as H[0 - (0 - i - 1) // 3 - 1] (= H[i // 3]), "
-    "which TVM 0.27 miscompiles when it is a load index (reads H[ceil(i / 3)], out of bounds); "
-    "the same expression as a value computes correctly"))
 def test_bug_ceil_div_index_of_window_adjoint():
+    """The window adjoint index came out as H[0 - (0 - i - 1) // 3 - 1] (= H[i // 3]), which TVM
+    0.27 miscompiles as a load index; the passes now emit divisions with positive leading terms."""
     P0 = te.placeholder((6,), F64, name="P0")
     r = te.reduce_axis((0, 3), name="r")
     T0 = te.compute((2,), lambda i: te.sum(P0[3 * i + r], axis=r), name="T0")
@@ -570,12 +564,39 @@ def test_tvm_floordiv_load_index_miscompile_is_tvm_side():
     np.testing.assert_array_equal(ad.build(D, [H], schedule=None)(np.zeros(2)), [0, 0, 0, 1, 1, 1])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unwritten gradient elements: where the lifted outer condition fails only the FIRST reduce "
-    "axis is shrunk to extent 1; the second axis keeps an isl bound valid only inside the domain "
-    "(here select(i == 0, 1, 2) + 1 - 2i = -1 at i = 2), so the reduction block never runs and "
-    "its output element is never initialised"))
+@pytest.mark.parametrize("schedule", [None, "default"])
+def test_bug_strided_offset_read_adjoint_index(schedule):
+    """Y[i] = X[3i + 1] has the adjoint X̄[j] = Ȳ[(j - 1) // 3] where (j - 1) % 3 == 0; TVM 0.27's
+    FlattenBuffer rewrote that load index wrongly (reading Ȳ[-1] at j = 1) until build() guarded it."""
+    P0 = te.placeholder((5,), F64, name="P0")
+    T0 = te.compute((2,), lambda i: P0[3 * i + 1], name="T0")
+    H = te.placeholder((2,), F64, name="H")
+    (g,) = ad.differentiate(T0, [P0], head=H)
+    out = run_poisoned(ad.build(g, [P0, H], schedule=schedule), np.zeros(5), np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(out, [0, 1, 0, 0, 2])
+
+
+def test_tvm_iter_map_simplify_bug_is_tvm_side_and_guarded():
+    """The TVM half of the bug above, without tvm_autodiff: iter_map_simplify changes the value of
+    (i % 3 + 2) // 3, and guard_indices makes a raw create_prim_func + tvm.compile right."""
+    i = tirx.Var("i", "int32")
+    index = tirx.floordiv(tirx.floormod(i, 3) + 2, 3)
+    simplified = tvm.sym.iter_map_simplify([index], {i: tvm.ir.Range(0, 12)})[0]
+    ana = tvm.sym.Analyzer()
+    at = lambda e, k: ana.simplify(tvm_ffi.structural_map(e, (tirx.Var, lambda v: tirx.const(k, "int32")))).value
+    assert [at(index, k) for k in range(12)] != [at(simplified, k) for k in range(12)]
+
+    A = te.placeholder((4,), F64, name="A")
+    B = te.compute((12,), lambda j: A[tirx.floordiv(tirx.floormod(j, 3) + 2, 3)], name="B")
+    func = ad.guard_indices(te.create_prim_func([A, B]))
+    out = tvm.runtime.tensor(np.zeros(12))
+    tvm.compile(func, target="llvm")(tvm.runtime.tensor(np.arange(4.0)), out)
+    np.testing.assert_array_equal(out.numpy(), [0, 1, 1] * 4)
+
+
 def test_bug_negative_second_axis_extent_leaves_output_unwritten():
+    """Where the lifted outer condition failed, only the first reduce axis was shrunk to one point;
+    a later axis with a negative isl extent left the reduction (and its init) unexecuted."""
     P0 = te.placeholder((3,), F64, name="P0")
     r = te.reduce_axis((0, 3), name="r")
     T0 = te.compute((3,), lambda i: te.sum(tirx.Select(1 <= i, P0[r // 2], P0[i]), axis=r), name="T0")
@@ -584,12 +605,9 @@ def test_bug_negative_second_axis_extent_leaves_output_unwritten():
     np.testing.assert_array_equal(opt, naive)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eliminate_zeros is not idempotent: run again on the optimized adaptive-pool gradient (as "
-    "ad.explain(grads) does for its 'after' section) it introduces a reduce axis of extent "
-    "536870912 (the solver's UNBOUNDED range of a fresh variable leaks into the box when the "
-    "variable's real bounds sit in non-Presburger atoms: select(...) window bounds)"))
 def test_bug_eliminate_zeros_twice_leaks_unbounded_axis():
+    """A solver variable bounded only by non-Presburger atoms kept the placeholder range as its box;
+    such terms now stay as they came, so eliminate_zeros is idempotent on them."""
     X = te.placeholder((1, 2, 5, 5), F64, name="X")
     Y = topi.nn.adaptive_pool(X, (2, 3), "avg")
     H = te.placeholder(Y.shape, F64, name="H")

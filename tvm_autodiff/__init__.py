@@ -12,6 +12,7 @@ from tvm import te
 from . import passes
 from .build import Compiled, build, compile_ptx
 from .errors import DifferentiationError
+from .index_guard import guard_indices
 from .reverse import Gradients, differentiate
 from .counting import Work, explain, work
 
@@ -41,5 +42,5 @@ def hessian(output: te.Tensor, input: te.Tensor, input2: te.Tensor | None = None
 tvm.differentiate = differentiate
 te.gradient = gradient
 
-__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "hessian",
+__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "guard_indices", "hessian",
            "jacobian", "passes", "work"]

@@ -17,6 +17,7 @@ from tvm import sym, te, tirx
 from . import schedule as _schedule
 from .errors import DifferentiationError
 from .graph import TensorMap, placeholders, unique_tensors
+from .index_guard import guard_indices
 from .reductions import fold_where_init, substitute
 
 _CACHE: dict = {}
@@ -153,7 +154,8 @@ def _lower(func, target, schedule, trials, work_dir, runner):
 
 
 def _compile(func, scheduled, target, schedule):
-    """(executable, PrimFunc).  A default CPU schedule that fails to compile (LLVM has no vector
+    """(executable, PrimFunc), with the load indices that TVM 0.27 miscompiles guarded
+    (`guard_indices`).  A default CPU schedule that fails to compile (LLVM has no vector
     form of some intrinsics, e.g. sinh) falls back to scalar loops, then to the unscheduled
     function; other schedules must compile as they are."""
     fallbacks = []
@@ -161,6 +163,7 @@ def _compile(func, scheduled, target, schedule):
         fallbacks = [lambda: _schedule.schedule_cpu(func, vectorize=False), lambda: func]
     while True:
         try:
+            scheduled = guard_indices(scheduled)
             return tvm.compile(scheduled, target=target), scheduled
         except (RuntimeError, ValueError):
             if not fallbacks:

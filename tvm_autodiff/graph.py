@@ -164,7 +164,8 @@ def make_compute(name: str, shape: Sequence, fbody: Callable, names: str = "ijkl
 
 
 def simplify(expr):
-    """tvm.sym.Analyzer simplification of an expression that may read tensors.
+    """tvm.sym.Analyzer simplification of an expression that may read tensors, with integer
+    divisions in the form TVM compiles correctly (`positive_divisions`).
 
     The analyzer hashes subexpressions and TVM cannot hash a te.Tensor, so reads are swapped for
     opaque pure calls `__load<n>(idx...)` while simplifying and swapped back afterwards."""
@@ -182,30 +183,54 @@ def simplify(expr):
             return c
         return tensors[int(name[6:])](*c.args[1:])
 
-    hidden = tvm_ffi.structural_map(expr, (Call, hide))
-    return positive_divisors(tvm_ffi.structural_map(tvm.sym.Analyzer().simplify(hidden), (Call, reveal)))
+    ana = tvm.sym.Analyzer()
+    hidden = positive_divisions(ana.simplify(tvm_ffi.structural_map(expr, (Call, hide))), ana)
+    return tvm_ffi.structural_map(hidden, (Call, reveal))
 
 
-def _negative_divisor(e):
-    return isinstance(e.b, tirx.IntImm) and e.b.value < 0
+def _negative_leading(a) -> bool:
+    """a is linear in its variables with no positive and some negative coefficient (-i - 1)."""
+    variables = list(tvm.tirx.analysis.undefined_vars(a))
+    coefs = list(tvm.sym.detect_linear_equation(a, variables)) if variables else []
+    if not coefs:
+        return False
+    signs = [c.value for c in coefs[:-1] if isinstance(c, tirx.IntImm)]
+    return len(signs) == len(variables) and max(signs) <= 0 and min(signs) < 0
 
 
-def positive_divisors(expr):
-    """expr with integer floordiv/floormod by negative constants rewritten over positive ones:
+def positive_divisions(expr, ana):
+    """expr with each integer a // d and a % d (d constant) rewritten so that d > 0 and a has no
+    negative leading coefficients, using (c > 0)
 
-        a // -c = 0 - (a + c - 1) // c          a % -c = (a + c - 1) % c - (c - 1)
+        a // -c = (-a) // c                 a % -c = -((-a) % c)
+        n // c  = -((c - 1 - n) // c)       n % c  = c - 1 - (c - 1 - n) % c     (n = -i - 1 ...)
 
-    The analyzer likes to emit `k // -3`, which TVM 0.27 miscompiles once loops are fused."""
+    The analyzer's canonical form likes `k // -3` and `(0 - i - 1) // 3`; TVM 0.27 miscompiles
+    the first after loop fusion.  (Divisions of offset numerators as load indices are miscompiled
+    too, whatever their form: `build` guards those, see `index_guard`.)"""
+    def normalized(e):
+        a, d = e.a, e.b
+        if not isinstance(d, tirx.IntImm) or str(e.ty.dtype).startswith(("float", "bfloat")):
+            return None
+        sign = 1
+        if d.value < 0:
+            a, d, sign = ana.simplify(0 - a), tirx.const(-d.value, str(d.ty.dtype)), -1
+        n = ana.simplify(d - 1 - a) if _negative_leading(a) else None
+        return a, d, sign, n
+
     def div(e):
-        if not _negative_divisor(e):
+        parts = normalized(e)
+        if parts is None:
             return e
-        c = tirx.const(-e.b.value, str(e.b.ty.dtype))
-        return tirx.const(0, str(e.ty.dtype)) - tirx.floordiv(e.a + (c - 1), c)
+        a, d, _, n = parts   # floor(a / -c) = floor(-a / c): the sign only moves into a
+        return tirx.floordiv(a, d) if n is None else 0 - tirx.floordiv(n, d)
 
     def mod(e):
-        if not _negative_divisor(e):
+        parts = normalized(e)
+        if parts is None:
             return e
-        c = tirx.const(-e.b.value, str(e.b.ty.dtype))
-        return tirx.floormod(e.a + (c - 1), c) - (c - 1)
+        a, d, sign, n = parts
+        m = tirx.floormod(a, d) if n is None else d - 1 - tirx.floormod(n, d)
+        return m if sign > 0 else 0 - m
 
     return tvm_ffi.structural_map(tvm_ffi.structural_map(expr, (tirx.FloorDiv, div)), (tirx.FloorMod, mod))
