@@ -29,8 +29,8 @@ from tvm_autodiff.reductions import component_kind, substitute
 
 from . import linsolve
 from .domain import reduction_domain
-from .nonzero import TRUE, conjuncts, disjoint_dnf, is_const, monomials, nonzero
-from .scatter import free_vars, scatter_add, scatter_atom
+from .nonzero import TRUE, conjunction, conjuncts, disjoint_dnf, is_const, monomials, nonzero
+from .scatter import free_vars, reads, scatter_add, scatter_atom
 
 # Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
 # of the variables they replace.  This only has to be larger than any tensor extent, and twice
@@ -63,25 +63,48 @@ def _key(e, names: TensorMap):
     return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
 
 
-def _is_index_mask(t: te.Tensor) -> bool:
-    """An elementwise tensor that reads no tensor and is zero somewhere: select(c(i), v(i), 0),
-    such as the identity adjoint [p == i] of a Jacobian.  Inlining it into a reduction exposes c to
-    the solver; it costs nothing to recompute."""
+def _sparse_body(t: te.Tensor, memo: dict):
+    """t's body with its sparse reads inlined, when t is elementwise and sparse; else None.
+
+    Sparse means zero somewhere by construction: an index mask that reads no tensor,
+    select(c(i), v(i), 0), such as the identity adjoint [p == i] of a Jacobian; or arithmetic on
+    reads (no other calls) whose every nonzero case has an index equality, a Kronecker delta such
+    as select(k == i, V[l, j], 0), which the adjoints of a gradient (Hessians) carry through whole
+    chains of elementwise tensors.  Inlined into a reduction, the conditions reach the solver; the
+    bodies are cheap to recompute where they are nonzero, and the full tensors are not built."""
     op = t.op
+    if op in memo:
+        return memo[op]
+    memo[op] = None
     if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or isinstance(op.body[0], tirx.Reduce):
-        return False
-    found = tvm_ffi.structural_walk(op.body[0], (Call, lambda c: tvm_ffi.VisitInterrupt(c) if is_load(c) else None))
-    return not isinstance(found, tvm_ffi.VisitInterrupt) and not is_const(nonzero(op.body[0]).cond, True)
+        return None
+    calls = []
+    tvm_ffi.structural_walk(op.body[0], (Call, lambda c: calls.append(c)))
+    if any(not is_load(c) for c in calls):
+        return None
+    body = _inline_sparse(op.body[0], memo)
+    cond = nonzero(body).cond
+    reads_nothing = not any(is_load(c) for c in calls)
+    # Only equalities of indices: one on tensor data (argmax[i] == k) says nothing about sparsity.
+    delta = all(any(_is_index_eq(a) and not reads(a) for a in atoms) for atoms in disjoint_dnf(cond))
+    if not is_const(cond, True) and (reads_nothing or delta):
+        memo[op] = body
+    return memo[op]
 
 
-def inline_index_masks(expr):
-    """expr with every read of an index mask (see `_is_index_mask`) replaced by the mask's body."""
+def _inline_sparse(expr, memo: dict):
     def visit(c):
-        if is_load(c) and _is_index_mask(c.args[0]):
-            op = c.args[0].op
-            return substitute(op.body[0], {iv.var: i for iv, i in zip(op.axis, c.args[1:])})
-        return c
+        body = _sparse_body(c.args[0], memo) if is_load(c) else None
+        if body is None:
+            return c
+        return substitute(body, {iv.var: i for iv, i in zip(c.args[0].op.axis, c.args[1:])})
     return tvm_ffi.structural_map(expr, (Call, visit))
+
+
+def inline_sparse(expr):
+    """expr with every read of a sparse elementwise tensor (see `_sparse_body`) replaced by the
+    tensor's body:  Σ_k T[f(i, k)] · v  ->  Σ_k select(c(f(i, k)), w(f(i, k)), 0) · v."""
+    return _inline_sparse(expr, {})
 
 
 def split_terms(source) -> list[tuple[list, object]]:
@@ -103,10 +126,11 @@ def _is_index_eq(a) -> bool:
     return isinstance(a, tirx.EQ) and not str(a.a.ty.dtype).startswith(("float", "bfloat"))
 
 
-def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
+def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True) -> Optional[Term]:
     """Σ_{k ∈ red} [∧ atoms] · value as a Term with the smallest exact domain; None when zero.
 
-    outer, red: [(var, min, extent)]."""
+    outer, red: [(var, min, extent)].  scatter: whether a data-dependent bracket [o == g(k)] may
+    become a scatter-add (`Term.scatter`) instead of staying in the summand."""
     eqs = [(a.a, a.b) for a in atoms if _is_index_eq(a)]
     others = [a for a in atoms if not _is_index_eq(a)]
     red_vars = [v for v, _, _ in red]
@@ -144,7 +168,7 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     body = substitute(value, deskew)
     residual = substitute(dom.residual, deskew)
     atoms = conjuncts(residual)
-    hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes else None
+    hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes and scatter else None
     if hit is not None and not any(hit[1] in free_vars(ext) for _, ext in axes):
         n, o, g = hit
         keep = tirx.all(simplify(dom.outer_cond), *atoms[:n], *atoms[n + 1:])
@@ -153,15 +177,18 @@ def reduce_term(atoms: list, value, outer: list, red: list) -> Optional[Term]:
     if not is_const(residual, True):
         body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
     outer_cond = simplify(dom.outer_cond)
-    if axes and not is_const(outer_cond, True):
+    # Loop extents cannot read tensors (create_prim_func fails), so data-dependent outer atoms
+    # stay a select outside the sum.
+    index_cond = conjunction([a for a in conjuncts(outer_cond) if not reads(a)]) if axes else TRUE
+    if not is_const(index_cond, True):
         # Where the outer condition fails, shrink the axes to one (masked) point: the reduction
         # then costs nothing there, instead of summing a whole box that a select outside would
         # throw away.  Every axis, and to one point, not zero: isl's bounds hold only where the
         # domain is nonempty, and a reduction block whose loops run zero times never executes its
         # init, which would leave its output unwritten.
-        axes = [(k, tirx.Select(outer_cond, ext, tirx.const(1, str(ext.ty.dtype)))) for k, ext in axes]
-        body = tirx.Select(outer_cond, body, tirx.const(0, str(body.ty.dtype)))
-        outer_cond = TRUE
+        axes = [(k, tirx.Select(index_cond, ext, tirx.const(1, str(ext.ty.dtype)))) for k, ext in axes]
+        body = tirx.Select(index_cond, body, tirx.const(0, str(body.ty.dtype)))
+        outer_cond = conjunction([a for a in conjuncts(outer_cond) if reads(a)])
     return Term(outer_cond, tuple(axes), simplify(body))
 
 
@@ -196,9 +223,10 @@ def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:
     return make_compute(name, [iv.dom.extent for iv in op.axis], body)
 
 
-def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
+def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) -> Optional[list]:
     """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
-    docstring), or None when op is no such reduction or has no zeros to eliminate."""
+    docstring), or None when op is no such reduction or has no zeros to eliminate.  With
+    `scatter`, sums over data-dependent brackets become scatter-add extern ops."""
     if op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
         return None
     r = bodies[0]
@@ -206,10 +234,11 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
         return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
     red = [(rv.var, rv.dom.min, rv.dom.extent) for rv in r.axis]
-    split = split_terms(inline_index_masks(r.source[0]))
+    split = split_terms(inline_sparse(r.source[0]))
     if len(split) == 1 and not split[0][0]:
         return None  # no condition anywhere: already as cheap as it gets
-    terms = [t for t in (reduce_term(atoms, value, outer, red) for atoms, value in split) if t is not None]
+    terms = [t for t in (reduce_term(atoms, value, outer, red, scatter) for atoms, value in split)
+             if t is not None]
     dtype = str(r.source[0].ty.dtype)
     if len(terms) == 1 and terms[0].axes and is_const(terms[0].cond, True) and terms[0].scatter is None:
         t = terms[0]
@@ -225,10 +254,12 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list) -> Optional[list]:
     return [tirx.const(0, dtype) if total is None else total]
 
 
-def eliminate_zeros(tensors):
+def eliminate_zeros(tensors, scatter: bool = True):
     """The graph of `tensors` (a tensor or a list) with every sum reduction rewritten by
     `eliminate_reduction`.  Values are unchanged; ops that do not change (and the subgraphs below
-    them) stay the same objects, and tensors shared by several outputs stay shared."""
+    them) stay the same objects, and tensors shared by several outputs stay shared.
+    `scatter=False` keeps data-dependent gathers' adjoints as (differentiable) reductions."""
     single = isinstance(tensors, te.Tensor)
-    out, _ = rebuild([tensors] if single else list(tensors), eliminate_reduction)
+    out, _ = rebuild([tensors] if single else list(tensors),
+                     lambda op, bodies: eliminate_reduction(op, bodies, scatter))
     return out[0] if single else out

@@ -181,6 +181,11 @@ def conjuncts(c) -> list:
     return [] if is_const(c, True) else [c]
 
 
+def conjunction(atoms: list):
+    """⋀ atoms (true for none)."""
+    return tirx.all(*atoms) if atoms else TRUE
+
+
 def disjoint_dnf(c) -> list[list]:
     """Pairwise disjoint conjunctions (lists of atoms) whose union is c."""
     if isinstance(c, tirx.Or):

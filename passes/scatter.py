@@ -24,7 +24,7 @@ from tvm_autodiff.graph import TensorMap, is_load, unique_tensors
 from tvm_autodiff.reductions import substitute
 
 
-def _reads(e) -> list:
+def reads(e) -> list:
     found = []
     tvm_ffi.structural_walk(e, (Call, lambda c: found.append(c.args[0]) if is_load(c) else None))
     return found
@@ -36,6 +36,10 @@ def free_vars(e) -> set:
     return found
 
 
+# The tag of scatter-add extern ops, so that differentiate() can say where one came from.
+SCATTER_TAG = "tvm_autodiff.scatter_add"
+
+
 def scatter_atom(atoms: Sequence, outer_vars: Sequence[Var], red_vars: Sequence[Var]) -> Optional[tuple]:
     """(n, o, g) for the first atom atoms[n] of the form o == g with o an outer variable and g an
     index that reads tensor data and does not mention o; None if there is none."""
@@ -44,7 +48,7 @@ def scatter_atom(atoms: Sequence, outer_vars: Sequence[Var], red_vars: Sequence[
         if not isinstance(a, tirx.EQ):
             continue
         for o, g in ((a.a, a.b), (a.b, a.a)):
-            if isinstance(o, Var) and o in outer and _reads(g) and o not in free_vars(g):
+            if isinstance(o, Var) and o in outer and reads(g) and o not in free_vars(g):
                 return n, o, g
     return None
 
@@ -56,7 +60,7 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
     red: ((k, extent), ...) with extents in the q variables only."""
     shape = [iv.dom.extent for iv in axes]
     value = substitute(value, {o: tirx.Cast(str(o.ty.dtype), g) if str(g.ty.dtype) != str(o.ty.dtype) else g})
-    inputs = unique_tensors(_reads(value) + _reads(g))
+    inputs = unique_tensors(reads(value) + reads(g))
 
     def fcompute(ins, outs):
         out, buffers = outs[0], TensorMap(zip(inputs, ins))
@@ -77,4 +81,4 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
             add = tirx.For(iv.var, 0, iv.dom.extent, tirx.ForKind.SERIAL, add)
         return tirx.SeqStmt([zero, add])
 
-    return te.extern(shape, inputs, fcompute, name=name, dtype=dtype)
+    return te.extern(shape, inputs, fcompute, name=name, dtype=dtype, tag=SCATTER_TAG)

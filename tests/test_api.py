@@ -294,6 +294,24 @@ def test_extern_op_without_manual_entry_is_an_error():
     assert "ExternOp" in msg and "'double'" in msg and "manual=" in msg
 
 
+def test_scatter_gradient_differentiated_again_names_the_way_out():
+    """A gather's adjoint becomes a scatter-add extern (no derivative); differentiating it again
+    says so and names scatter=False, with which the second derivative is right."""
+    X, I = ph((5,), "X"), ph((3,), "I", "int32")
+    Y = te.compute((3,), lambda i: X[I[i]] * X[I[i]] * X[I[i]], name="Y")
+    H = ph((3,), "H")
+    (dX,) = ad.differentiate(Y, [X], H)
+    with pytest.raises(ad.DifferentiationError, match=r"ExternOp.*scatter-add.*scatter=False"):
+        ad.jacobian(dX, X)
+    (dX,) = ad.differentiate(Y, [X], H, scatter=False)
+    J = ad.jacobian(dX, X)
+    x, idx, h = np.arange(1.0, 6.0), np.array([4, 0, 4], "int32"), np.array([1.0, 2.0, 3.0])
+    want = np.zeros((5, 5))
+    for i, hi in zip(idx, h):
+        want[i, i] += 6 * x[i] * hi      # d/dx (3 x² h)
+    np.testing.assert_allclose(ad.build(J, [X, I, H])(x, idx, h), want)
+
+
 def test_extern_op_not_on_the_path_needs_no_entry():
     X, E, Y = _extern_graph()
     A = ph((4,), "A")

@@ -35,7 +35,9 @@ def hessian(output: te.Tensor, input: te.Tensor, input2: te.Tensor | None = None
         raise DifferentiationError(
             f"hessian() needs a 0-d output, got {output.name!r} of shape {list(output.shape)}; "
             "reduce it to a scalar first, or use jacobian() on its gradient.")
-    (grad,) = differentiate(output, [input])
+    # A scatter-add extern kernel has no derivative rule, so the inner gradient keeps gathers'
+    # adjoints as reductions; the outer elimination may still scatter.
+    (grad,) = differentiate(output, [input], scatter=False)
     return jacobian(grad, input if input2 is None else input2)
 
 

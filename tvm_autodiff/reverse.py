@@ -126,12 +126,14 @@ def _materialize(name, prefix, shape, head_fn):
 
 def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None,
                   head: Optional[te.Tensor] = None, manual: Optional[dict] = None,
-                  optimize: bool = True) -> Gradients:
+                  optimize: bool = True, scatter: bool = True) -> Gradients:
     """Reverse-mode derivatives of `output` with respect to `inputs` (see README, API).
 
     `head` is the adjoint of output, shape prefix + output.shape; None means the identity, so the
     result is the full Jacobian, shape output.shape + input.shape.  `optimize=False` skips zero
-    elimination (`tvm_autodiff.passes`), leaving the naive Iverson-bracket sums.
+    elimination (`tvm_autodiff.passes`), leaving the naive Iverson-bracket sums.  `scatter=False`
+    keeps the adjoints of data-dependent gathers (take) as reductions instead of scatter-add
+    extern kernels: slower, but differentiable again (`hessian` uses it).
     """
     inputs, prefix = _validate(output, inputs, head)
     (fwd_out, *fwd_inputs), remap = fold_where_init([output] + inputs)
@@ -200,17 +202,17 @@ def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = Non
         (back.get(t, t), TensorMap((back.get(c, c), s) for op, s in per.items() for c in outputs_of(op)))
         for t, per in summands.items())
     if optimize:
-        grads, adjoints, adjoint_summands = _eliminate_zeros(grads, adjoints, adjoint_summands)
+        grads, adjoints, adjoint_summands = _eliminate_zeros(grads, adjoints, adjoint_summands, scatter)
     return Gradients(inputs, grads, adjoints, adjoint_summands)
 
 
-def _eliminate_zeros(grads, adjoints, adjoint_summands):
+def _eliminate_zeros(grads, adjoints, adjoint_summands, scatter):
     """Zero elimination over every tensor of the result at once, so shared adjoints stay shared."""
     from .passes import eliminate_zeros  # the passes import this package's graph utilities
 
     everything = grads + list(adjoints.values()) + [s for per in adjoint_summands.values()
                                                     for s in per.values()]
-    optimized = TensorMap(zip(everything, eliminate_zeros(everything)))
+    optimized = TensorMap(zip(everything, eliminate_zeros(everything, scatter)))
     return ([optimized[g] for g in grads],
             TensorMap((t, optimized[a]) for t, a in adjoints.items()),
             TensorMap((t, TensorMap((c, optimized[s]) for c, s in per.items()))
@@ -249,9 +251,15 @@ def _edge(op, outs, heads, x, prefix, manual, edges: EdgeBuilder, adjoint) -> Op
         return make_compute(f"d{x.name}_from_{op.name}", parts[0].shape,
                             lambda *a: _sum(p(*a) for p in parts))
     if not isinstance(op, te.ComputeOp):
+        from .passes.scatter import SCATTER_TAG  # the passes import this package's graph utilities
+
+        hint = _MANUAL_HINT
+        if op.tag == SCATTER_TAG:
+            hint = ("It is the scatter-add that zero elimination made of a gather's adjoint: compute "
+                    "that gradient with differentiate(..., scatter=False) to differentiate it again.")
         raise DifferentiationError(
             f"cannot differentiate {type(op).__name__} {op.name!r} (output {outs[0].name!r}) with "
-            f"respect to its input {x.name!r}: it has no tensor-expression body. " + _MANUAL_HINT)
+            f"respect to its input {x.name!r}: it has no tensor-expression body. " + hint)
     try:
         return edges.contribution(op, heads, x, prefix, f"d{x.name}_from_{op.name}")
     except NoDerivativeRule as err:
