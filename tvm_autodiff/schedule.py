@@ -23,7 +23,9 @@ from tvm.s_tir import dlight
 # evaluate it more than once per element.
 _EXPENSIVE = {"tirx.exp", "tirx.log", "tirx.pow", "tirx.tanh", "tirx.sigmoid", "tirx.sqrt",
               "tirx.rsqrt", "tirx.erf", "tirx.exp2", "tirx.log2", "tirx.log1p", "tirx.fmod"}
-_GPU_THREADS = 256   # threads per block for blocks that dlight leaves unbound
+_GPU_THREADS = 256
+# Longest output row (elements) kept whole inside a reduction's loop nest (see _cpu_plan).
+_ROW_LIMIT = 256   # threads per block for blocks that dlight leaves unbound
 # What a primitive that does not apply raises: ScheduleError (a RuntimeError), TVM's
 # InternalError (also a RuntimeError), or our own ValueError to abandon a plan.
 _PLAN_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
@@ -223,6 +225,130 @@ def inline_injective(sch: s_tir.Schedule) -> s_tir.Schedule:
 
 
 # ---------------------------------------------------------------------------------------------
+# Flattening variable-extent reductions
+
+# The class of buffer loads (tirx.BufferLoad is a constructor function in 0.27).
+_LOAD_TYPE = type(tirx.BufferLoad(tirx.decl_buffer((1,), "float32"), [tirx.const(0)]))
+# Largest padded extent of a flattened variable-extent loop (a window of a few taps).
+_MAX_FLAT_EXTENT = 64
+
+
+def _guarded(store, cond, ana):
+    """`store` done only where `cond` holds, as a Select (which vectorizes, where an `if` makes the
+    vectorizer fall back to scalar code): loads of other buffers get their indices clamped into
+    the buffer, so the lanes where `cond` fails read a valid address and are then discarded."""
+    def clamp(load):
+        if load.source.same_as(store.buffer):
+            return load
+        idx = []
+        for i, n in zip(load.indices, load.source.shape):
+            if not isinstance(n, tirx.IntImm):
+                raise ValueError("symbolic shape")
+            dt = str(i.ty.dtype)
+            if not ana.can_prove(i < int(n)):
+                i = tirx.Min(i, tirx.const(int(n) - 1, dt))
+            if not ana.can_prove(i >= 0):
+                i = tirx.Max(i, tirx.const(0, dt))
+            idx.append(i)
+        return tirx.BufferLoad(load.source, idx)
+
+    try:
+        value = tvm_ffi.structural_map(store.value, (_LOAD_TYPE, clamp))
+    except ValueError:
+        return tirx.IfThenElse(cond, store, None)
+    keep = tirx.BufferLoad(store.buffer, list(store.indices))
+    return tirx.BufferStore(store.buffer, tirx.Select(cond, value, keep), list(store.indices))
+
+
+def _flatten_one(realize):
+    """`realize` (a top-level reduction block whose body is a loop nest, with extents that depend
+    on the block's iter vars, around one nested update block) as one flat reduction block, or
+    None.  The variable loops become constant-extent reduction axes padded to their largest
+    extent, with the update guarded by `axis < extent`."""
+    block = realize.block
+    if block.init is None:
+        return None
+    loops, stmt = [], block.body
+    while isinstance(stmt, tirx.For):
+        if stmt.kind != tirx.ForKind.SERIAL or stmt.thread_binding is not None:
+            return None
+        loops.append(stmt)
+        stmt = stmt.body
+    if not loops or not isinstance(stmt, s_tir.SBlockRealize):
+        return None
+    inner = stmt.block
+    if (not isinstance(inner.body, tirx.BufferStore) or inner.init is not None
+            or inner.alloc_buffers or inner.match_buffers
+            or not (isinstance(stmt.predicate, tirx.IntImm) and stmt.predicate.value == 1)):
+        return None
+    ana = tvm.sym.Analyzer()
+    for iv in block.iter_vars:
+        ana.bind(iv.var, iv.dom)
+    # Each loop becomes a reduce var r in [0, bound) with the loop var = r + min, guarded by r < extent.
+    loop_map, new_ivs, conds, sub = {}, [], [], {}
+    for loop in loops:
+        ext = tvm_ffi.structural_map(loop.extent, (tirx.Var, lambda v: sub.get(v, v)))
+        lo = tvm_ffi.structural_map(loop.min, (tirx.Var, lambda v: sub.get(v, v)))
+        bound = ana.const_int_bound(ext).max_value
+        if bound <= 0 or bound > _MAX_FLAT_EXTENT:
+            return None
+        r = tirx.Var(loop.loop_var.name + "_flat", loop.loop_var.ty.dtype)
+        new_ivs.append(tirx.IterVar(tvm.ir.Range.from_min_extent(
+            tirx.const(0, str(r.ty.dtype)), tirx.const(bound, str(r.ty.dtype))), r, tirx.IterVar.CommReduce))
+        ana.bind(r, tvm.ir.Range.from_min_extent(0, bound))
+        sub[loop.loop_var] = r + lo
+        if not ana.can_prove(ext >= bound):
+            conds.append(r < ext)
+    # Inner iter vars: those bound to outer values are replaced by them (loop vars included).
+    for iv, val in zip(inner.iter_vars, stmt.iter_values):
+        sub[iv.var] = tvm_ffi.structural_map(val, (tirx.Var, lambda v: sub.get(v, v)))
+    body = tvm_ffi.structural_map(inner.body, (tirx.Var, lambda v: sub.get(v, v)))
+    if conds:
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = tirx.And(cond, c)
+        body = _guarded(body, cond, ana)
+    flat = s_tir.SBlock(list(block.iter_vars) + new_ivs, list(block.reads), list(block.writes),
+                        block.name_hint, body, block.init, list(block.alloc_buffers),
+                        list(block.match_buffers), dict(block.annotations))
+    # The new loops bind the new reduce vars directly; they sit inside the block's loop nest.
+    loop_vars = [tirx.Var(iv.var.name + "_l", iv.var.ty.dtype) for iv in new_ivs]
+    result = s_tir.SBlockRealize(list(realize.iter_values) + loop_vars, realize.predicate, flat)
+    for iv, lv in reversed(list(zip(new_ivs, loop_vars))):
+        result = tirx.For(lv, tirx.const(0, str(lv.ty.dtype)), iv.dom.extent, tirx.ForKind.SERIAL, result)
+    return result
+
+
+def flatten_variable_reductions(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Rewrite top-level blocks with nested variable-extent reductions (the windows that zero
+    elimination deskews: extents are min/max expressions of the output index, e.g. a conv's
+    input gradient) into flat reductions with constant, padded extents and a guard.  Nested, they
+    run as a tiny loop per output element and per outer reduction step, and no loop inside the
+    block can be reordered, unrolled or vectorized; flat, the spatial loops can go innermost."""
+    root = func.body
+    if not isinstance(root, s_tir.SBlockRealize):
+        return func
+    changed = []
+
+    def visit(r):
+        if r.same_as(root) or r.block.init is None:
+            return r
+        flat = _flatten_one(r)
+        if flat is None:
+            return r
+        changed.append(r.block.name_hint)
+        return flat
+
+    # structural_map runs bottom-up; nested update blocks have no init and are left alone.
+    new_body = tvm_ffi.structural_map(root.block.body, (s_tir.SBlockRealize, visit))
+    if not changed:
+        return func
+    return func.with_body(s_tir.SBlockRealize(root.iter_values, root.predicate, s_tir.SBlock(
+        root.block.iter_vars, root.block.reads, root.block.writes, root.block.name_hint, new_body,
+        root.block.init, root.block.alloc_buffers, root.block.match_buffers, root.block.annotations)))
+
+
+# ---------------------------------------------------------------------------------------------
 # CPU
 
 
@@ -265,6 +391,13 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
                 if factor < extent:
                     spatial[-1:] = s.split(spatial[-1], factors=[None, factor])
                 inner = [spatial.pop()]
+                if reduction and info.expensive and factor < extent <= _ROW_LIMIT:
+                    # The whole output row goes under the reduction loops, so expensive values
+                    # that do not depend on the row index (e.g. an elementwise gradient with an
+                    # exp that differentiation inlined into a matmul) are computed once per
+                    # reduction step instead of once per vector (LLVM hoists them out of the row
+                    # loop).  Without such work, a shorter row keeps its accumulators in registers.
+                    inner.insert(0, spatial.pop())
         if need_vector and reduction and not inner:
             raise ValueError("inner spatial loop is not vectorizable")
         if inner and reduction and len(spatial) >= 2:
@@ -285,7 +418,7 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
         if tile:
             s.unroll(tile[0])
         if inner:
-            s.vectorize(inner[0])
+            s.vectorize(inner[-1])
         if reduction:
             s.decompose_reduction(block, reduction[0])
 
@@ -361,7 +494,11 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
     # 64-byte vectors of float32 (LLVM splits them on narrower machines); 0 lanes = no vectors.
     lanes = 16 if vectorize else 0
     try:
-        sch = s_tir.Schedule(func)
+        sch = s_tir.Schedule(flatten_variable_reductions(func))
+    except _PLAN_ERRORS:
+        sch = None
+    try:
+        sch = sch or s_tir.Schedule(func)
     except _PLAN_ERRORS:
         # The schedule checks well-formedness more strictly than compilation does (e.g. a let
         # variable that create_prim_func binds in two blocks), so such functions stay serial.
