@@ -128,6 +128,24 @@ def test_variable_extent_reduction():
     np.testing.assert_allclose(fast(xv), 2 * np.cumsum(xv, 0), rtol=1e-5, atol=1e-5)
 
 
+def test_window_reduction_flattened():
+    """A stride-1 conv's input gradient: zero elimination gives window reductions whose extents
+    are min/max of the output index (nested blocks).  The default CPU schedule flattens them into
+    padded, guarded reductions, split along the last axis into edges and a guard-free interior
+    that is vectorized; every region must agree with the unscheduled build."""
+    from tvm_autodiff.schedule import block_infos
+
+    x, w = te.placeholder((2, 3, 13, 11), name="X"), te.placeholder((4, 3, 3, 2), name="W")
+    y = topi.nn.conv2d(x, w, strides=1, padding=0, dilation=1)
+    check(y, [x, w], {x: rand(2, 3, 13, 11), w: rand(4, 3, 3, 2)})
+    head = te.placeholder(y.shape, name="H")
+    (dx,) = ad.differentiate(y, [x], head=head)
+    func = build(dx, [x, w, head]).func
+    assert not any(i.has_children for i in block_infos(func))
+    assert "T.vectorized" in func.script()
+    assert any(i.name.endswith("_hi") for i in block_infos(func))   # the interior was split off
+
+
 def test_symbolic_shape_two_sizes():
     n = te.var("n")
     x = te.placeholder((n, 3), name="X")

@@ -68,6 +68,7 @@ class _BlockInfo:
         self.is_output = any(w.source.same_as(p) for w in self.writes for p in params)
         self.has_children = _contains_block(block.body)
         self.is_reduction = any(iv.iter_type == tirx.IterVar.CommReduce for iv in self.iter_vars)
+        self.has_init = block.init is not None
         self.expensive = _has_expensive_call(block.body)
         self.negative_div = _has_negative_divisor(realize)
 
@@ -260,7 +261,7 @@ def _guarded(store, cond, ana):
     return tirx.BufferStore(store.buffer, tirx.Select(cond, value, keep), list(store.indices))
 
 
-def _flatten_one(realize):
+def _flatten_one(realize, guards: dict):
     """`realize` (a top-level reduction block whose body is a loop nest, with extents that depend
     on the block's iter vars, around one nested update block) as one flat reduction block, or
     None.  The variable loops become constant-extent reduction axes padded to their largest
@@ -303,10 +304,12 @@ def _flatten_one(realize):
     for iv, val in zip(inner.iter_vars, stmt.iter_values):
         sub[iv.var] = tvm_ffi.structural_map(val, (tirx.Var, lambda v: sub.get(v, v)))
     body = tvm_ffi.structural_map(inner.body, (tirx.Var, lambda v: sub.get(v, v)))
+    cond = None
     if conds:
         cond = conds[0]
         for c in conds[1:]:
             cond = tirx.And(cond, c)
+        guards[block.name_hint] = (body, cond, ana)
         body = _guarded(body, cond, ana)
     flat = s_tir.SBlock(list(block.iter_vars) + new_ivs, list(block.reads), list(block.writes),
                         block.name_hint, body, block.init, list(block.alloc_buffers),
@@ -319,7 +322,155 @@ def _flatten_one(realize):
     return result
 
 
-def flatten_variable_reductions(func: tirx.PrimFunc) -> tirx.PrimFunc:
+_MAX_EDGE = 8   # widest edge region split off a guarded window loop (see _partitioned)
+
+
+def _simplified(store, ana):
+    """`store` with its indices and loaded indices simplified (under `ana`'s constraints)."""
+    def load(l):
+        return tirx.BufferLoad(l.source, [ana.simplify(i) for i in l.indices])
+
+    value = ana.simplify(tvm_ffi.structural_map(store.value, (_LOAD_TYPE, load)))
+    return tirx.BufferStore(store.buffer, value, [ana.simplify(i) for i in store.indices])
+
+
+def _window_free(store, var) -> bool:
+    """No min/max/select that depends on `var` is left in `store` (its loads are affine in it)."""
+    def hit(e):
+        return tvm_ffi.VisitInterrupt(True) if _uses(e, var) else None
+
+    kinds = [(tirx.Min, hit), (tirx.Max, hit), (tirx.Select, hit)]
+    return (tvm_ffi.structural_walk(store.value, kinds) is None
+            and all(tvm_ffi.structural_walk(i, kinds) is None for i in store.indices))
+
+
+def _init_nest(block, loops, predicate):
+    """The loop nest of a spatial block that runs `block`'s init over its spatial iter vars."""
+    fresh = {iv.var: tirx.Var(iv.var.name, iv.var.ty.dtype) for iv in block.iter_vars}
+    rename = lambda x: tvm_ffi.structural_map(x, (tirx.Var, lambda v: fresh.get(v, v)))
+    keep = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tirx.IterVar.DataPar]
+    ivs = [tirx.IterVar(block.iter_vars[i].dom, fresh[block.iter_vars[i].var], tirx.IterVar.DataPar)
+           for i in keep]
+    init = s_tir.SBlock(ivs, [], [rename(w) for w in block.writes], block.name_hint + "_init",
+                        rename(block.init))
+    lvs = [tirx.Var(loops[i].loop_var.name, loops[i].loop_var.ty.dtype) for i in keep]
+    nest = s_tir.SBlockRealize(lvs, predicate, init)
+    for i, lv in reversed(list(zip(keep, lvs))):
+        nest = tirx.For(lv, tirx.const(0, str(lv.ty.dtype)), loops[i].extent, tirx.ForKind.SERIAL, nest)
+    return nest
+
+
+def _partitioned(stmt, guards, lanes: int) -> list:
+    """A top-level loop nest around a flattened window reduction, split along its innermost
+    spatial loop into edge regions (guarded, as flattened) and an interior where the analyzer
+    proves the guard and simplifies the window's min/max away: there the loads are affine in the
+    loop var (a stride-1 conv's input gradient reads H[.., l - rx]), so the interior vectorizes
+    with contiguous loads.  The regions are separate blocks writing disjoint parts of the output."""
+    loops, s = [], stmt
+    while isinstance(s, tirx.For):
+        loops.append(s)
+        s = s.body
+    if not isinstance(s, s_tir.SBlockRealize) or s.block.name_hint not in guards:
+        return [stmt]
+    block = s.block
+    store, cond, ana = guards[block.name_hint]
+    # Canonical nest only: one loop per iter var, in order, from 0 to the domain's extent.
+    if len(loops) != len(block.iter_vars) or not all(
+            l.loop_var.same_as(b) and isinstance(l.min, tirx.IntImm) and l.min.value == 0
+            and isinstance(iv.dom.min, tirx.IntImm) and iv.dom.min.value == 0
+            and tvm_ffi.structural_equal(l.extent, iv.dom.extent)
+            for l, b, iv in zip(loops, s.iter_values, block.iter_vars)):
+        return [stmt]
+    spatial = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tirx.IterVar.DataPar]
+    if not spatial or not isinstance(block.iter_vars[spatial[-1]].dom.extent, tirx.IntImm):
+        return [stmt]
+    pos = spatial[-1]
+    var, extent = block.iter_vars[pos].var, int(block.iter_vars[pos].dom.extent)
+    conjuncts, todo = [], [cond]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, tirx.And):
+            todo += [c.b, c.a]
+        else:
+            conjuncts.append(c)
+    on_var = [c for c in conjuncts if _uses(c, var)]
+    rest = [c for c in conjuncts if not _uses(c, var)]
+    if not on_var:
+        return [stmt]
+    best = None
+    for total in range(0, 2 * _MAX_EDGE + 1):
+        for lo in range(0, min(total, _MAX_EDGE) + 1):
+            hi = extent - (total - lo)
+            if total - lo > _MAX_EDGE or 2 * (hi - lo) < extent:
+                continue
+            with ana.constraint_scope(tirx.all(var >= lo, var < hi)):
+                if all(ana.can_prove(c) for c in on_var):
+                    inner = _simplified(store, ana)
+                    if _window_free(inner, var):
+                        # Guards that do not depend on `var` stay (clamping only their loads).
+                        if rest:
+                            inner = _guarded(inner, tirx.all(*rest), ana)
+                        best = (lo, hi, inner)
+                        break
+        if best:
+            break
+    if best is None:
+        return [stmt]
+    lo, hi, inner = best
+    # The output is zeroed by one spatial block first, and the regions update it without an init
+    # block of their own: a reduction block (with init) must be its buffer's only writer.
+    out = [_init_nest(block, loops, s.predicate)]
+    for start, stop, body, suffix in ((0, lo, block.body, "_lo"), (lo, hi, inner, ""),
+                                      (hi, extent, block.body, "_hi")):
+        if stop <= start:
+            continue
+        dt = str(var.ty.dtype)
+        # Each block defines its own iter vars (TIR forbids defining a var twice).
+        fresh = {iv.var: tirx.Var(iv.var.name, iv.var.ty.dtype) for iv in block.iter_vars}
+        rename = lambda x: tvm_ffi.structural_map(x, (tirx.Var, lambda v: fresh.get(v, v)))
+        ivs = [tirx.IterVar(iv.dom, fresh[iv.var], iv.iter_type) for iv in block.iter_vars]
+        ivs[pos] = tirx.IterVar(tvm.ir.Range.from_min_extent(tirx.const(start, dt), tirx.const(stop - start, dt)),
+                                fresh[var], tirx.IterVar.DataPar)
+        new_block = s_tir.SBlock(ivs, [rename(r) for r in block.reads],
+                                 [rename(w) for w in block.writes], block.name_hint + suffix,
+                                 rename(body), None, list(block.alloc_buffers),
+                                 list(block.match_buffers), dict(block.annotations))
+        out.append(_update_nest(new_block, loops, s.predicate, pos, start, stop - start, lanes))
+    return out
+
+
+def _update_nest(block, loops, predicate, pos, start, extent, lanes):
+    """The loops of one region's update block, scheduled here: these blocks have no init (see
+    _partitioned), which the schedule's parallel primitive rejects.  Order: outermost spatial loop
+    parallel, other spatial loops, reduction loops, then the region's loop (`pos`, from `start`),
+    split into vector lanes when a factor divides it."""
+    dt = str(block.iter_vars[pos].var.ty.dtype)
+    lvs = [tirx.Var(l.loop_var.name, l.loop_var.ty.dtype) for l in loops]
+    binds = list(lvs)
+    factor = _vector_factor(extent, lanes) if lanes else None
+    inner = []
+    if factor and factor < extent:
+        vo, vi = tirx.Var(lvs[pos].name + "_o", dt), tirx.Var(lvs[pos].name + "_v", dt)
+        binds[pos] = vo * factor + vi
+        inner = [(vo, extent // factor, tirx.ForKind.SERIAL), (vi, factor, tirx.ForKind.VECTORIZED)]
+    else:
+        binds[pos] = lvs[pos]
+        inner = [(lvs[pos], extent, tirx.ForKind.VECTORIZED if factor else tirx.ForKind.SERIAL)]
+    if start:
+        binds[pos] = binds[pos] + tirx.const(start, dt)
+    kinds = [iv.iter_type for iv in block.iter_vars]
+    order = ([i for i in range(len(loops)) if i != pos and kinds[i] == tirx.IterVar.DataPar]
+             + [i for i in range(len(loops)) if kinds[i] != tirx.IterVar.DataPar])
+    nest_loops = [(lvs[i], loops[i].extent, tirx.ForKind.SERIAL) for i in order] + inner
+    if nest_loops and order and kinds[order[0]] == tirx.IterVar.DataPar:
+        nest_loops[0] = (nest_loops[0][0], nest_loops[0][1], tirx.ForKind.PARALLEL)
+    nest = s_tir.SBlockRealize(binds, predicate, block)
+    for var, ext, kind in reversed(nest_loops):
+        nest = tirx.For(var, tirx.const(0, str(var.ty.dtype)), ext, kind, nest)
+    return nest
+
+
+def flatten_variable_reductions(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFunc:
     """Rewrite top-level blocks with nested variable-extent reductions (the windows that zero
     elimination deskews: extents are min/max expressions of the output index, e.g. a conv's
     input gradient) into flat reductions with constant, padded extents and a guard.  Nested, they
@@ -328,12 +479,12 @@ def flatten_variable_reductions(func: tirx.PrimFunc) -> tirx.PrimFunc:
     root = func.body
     if not isinstance(root, s_tir.SBlockRealize):
         return func
-    changed = []
+    changed, guards = [], {}
 
     def visit(r):
         if r.same_as(root) or r.block.init is None:
             return r
-        flat = _flatten_one(r)
+        flat = _flatten_one(r, guards)
         if flat is None:
             return r
         changed.append(r.block.name_hint)
@@ -343,6 +494,10 @@ def flatten_variable_reductions(func: tirx.PrimFunc) -> tirx.PrimFunc:
     new_body = tvm_ffi.structural_map(root.block.body, (s_tir.SBlockRealize, visit))
     if not changed:
         return func
+    if guards:
+        stmts = list(new_body.seq) if isinstance(new_body, tirx.SeqStmt) else [new_body]
+        parts = [_partitioned(st, guards, lanes) for st in stmts]
+        new_body = tirx.SeqStmt([p for ps in parts for p in ps]) if len(stmts) > 1 or len(parts[0]) > 1 else new_body
     return func.with_body(s_tir.SBlockRealize(root.iter_values, root.predicate, s_tir.SBlock(
         root.block.iter_vars, root.block.reads, root.block.writes, root.block.name_hint, new_body,
         root.block.init, root.block.alloc_buffers, root.block.match_buffers, root.block.annotations)))
@@ -419,7 +574,7 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
             s.unroll(tile[0])
         if inner:
             s.vectorize(inner[-1])
-        if reduction:
+        if reduction and info.has_init:
             s.decompose_reduction(block, reduction[0])
 
     return plan
@@ -494,7 +649,7 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
     # 64-byte vectors of float32 (LLVM splits them on narrower machines); 0 lanes = no vectors.
     lanes = 16 if vectorize else 0
     try:
-        sch = s_tir.Schedule(flatten_variable_reductions(func))
+        sch = s_tir.Schedule(flatten_variable_reductions(func, lanes))
     except _PLAN_ERRORS:
         sch = None
     try:
