@@ -559,6 +559,24 @@ def _():
                     "reference": lambda a: np.array([a[i, :i + 1].prod() for i in range(4)])}
 
 
+def _with_zeros(rng, shape, dtype):
+    """Rows with no zero, one zero and two zeros (prod's gradient has a case for each)."""
+    a = rng.uniform(0.5, 1.5, shape)
+    a[1, 2] = a[2, 0] = a[2, 3] = 0.0
+    return a.astype(dtype)
+
+
+@case("reduce-prod-zeros")
+def _():
+    # d/dA[i,k] Π_k A[i,k] = Π_{k' != k} A[i,k']: P / A where no factor is zero, the product of the
+    # others at a single zero, and 0 everywhere in a row with two zeros.
+    A = ph((3, 4), "A")
+    prod = te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")
+    k = te.reduce_axis((0, 4), name="k")
+    Y = te.compute((3,), lambda i: prod(A[i, k], axis=k), name="Y")
+    return Y, [A], {"gens": {A: _with_zeros}, "reference": lambda a: a.prod(axis=1)}
+
+
 @case("softmax")
 def _():
     X = ph((3, 5), "X")

@@ -142,9 +142,6 @@ _ADAPTIVE = ("adaptive pool windows have select(...) bounds (non-affine in the o
              "index equality is not solved and the adjoint sums a 4-D box "
              "(outputs-per-input x window); ratio 12-15")
 RATIO_XFAIL = {
-    "reduce-prod": _PAIR, "reduce-prod-init": _PAIR, "reduce-prod-where": _PAIR,
-    "reduce-prod-where-init": _PAIR, "reduce-prod-2axes": _PAIR, "reduce-prod-2axes-where": _PAIR,
-    "reduce-prod-output-dependent-domain": _PAIR,
     "reduce-argmax-pair-value": _PAIR, "reduce-argmax-pair-both-outputs": _PAIR,
     "reduce-argmax-pair-where": _PAIR, "reduce-logsumexp-where-init": _PAIR,
     "adaptive-pool-avg": _ADAPTIVE, "adaptive-pool-max": _ADAPTIVE,

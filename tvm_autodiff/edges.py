@@ -11,7 +11,11 @@ solve it into a gather.  How a reduction's tangent is formed depends on its comb
 - sum:      ∂Y = Σ_k ∂s(i, k)
 - max/min:  ∂Y = Σ_k [k == argmax_k s(i, k)] · ∂s(i, k), with a forward argmax tensor (ties go to
             the first index, as in PyTorch), so the gradient costs about one forward pass;
-- other (prod, user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
+- prod:     ∂Y = Σ_k Π_{k' ≠ k} s(i, k') · ∂s(i, k), the product of the others read off two forward
+            tensors, the zero count Z[i] and the product P[i] of the nonzero factors:
+            Z = 0: P / s;  Z = 1 and s = 0: P;  otherwise 0.  About one forward pass more, and
+            no division by zero (PyTorch's prod backward does the same);
+- other (user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
             D_wv[i, k] = ∂Y_v / ∂s_w(i, k) comes from a reduction over the pair combiner
             ((x, dx), (y, dy)) -> (x ⊕ y, ∂⊕/∂x·dx + ∂⊕/∂y·dy).  Correct for any combiner; costs a
             reduction length more than the forward pass.
@@ -97,6 +101,7 @@ class EdgeBuilder:
 
     def __init__(self):
         self._argmax: dict = {}
+        self._prod: dict = {}
         self._pair: dict = {}
 
     # -- the terms H · ∂Y for each kind of body ------------------------------------------------------
@@ -122,7 +127,9 @@ class EdgeBuilder:
             if h is None:
                 continue
             ds = jvp(sources[v], seed)
-            if ds is not None and kind != "sum":
+            if ds is not None and kind == "prod":
+                ds = self._product_of_others(op, v) * ds
+            elif ds is not None and kind != "sum":
                 ds = tirx.Select(self._is_arg_extremum(op, v), ds, const(0.0, ds))
             out.append((h, ds))
         return out
@@ -136,6 +143,17 @@ class EdgeBuilder:
             self._argmax[key] = _arg_extremum(op, v)
         lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
         return lin == self._argmax[key](*[iv.var for iv in op.axis])
+
+    def _product_of_others(self, op: te.ComputeOp, v: int):
+        """Π_{k' ≠ k} s_v(i, k') in op's variables (see the module docstring)."""
+        key = (op, v)
+        if key not in self._prod:
+            self._prod[key] = _zero_count_and_product(op, v)
+        zeros, product = (t(*[iv.var for iv in op.axis]) for t in self._prod[key])
+        s = op.body[v].source[v]
+        zero = const(0.0, s)
+        only_zero = tirx.And(zeros == 1, s == zero)
+        return tirx.Select(zeros == 0, product / s, tirx.Select(only_zero, product, zero))
 
     def _pair_tensors(self, op: te.ComputeOp, w: int) -> dict:
         """{v: D_wv[i, k - min]} read expressions in op's variables."""
@@ -208,6 +226,24 @@ def _arg_extremum(op: te.ComputeOp, v: int) -> te.Tensor:
     sources = [substitute(r0.source[v], vmap), _linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
     return new_op.output(1)
+
+
+def _zero_count_and_product(op: te.ComputeOp, v: int) -> tuple:
+    """Forward tensors Z[i] = #{k : s_v(i, k) = 0} (int32) and P[i] = Π_{k : s_v(i, k) ≠ 0} s_v(i, k)."""
+    r0 = op.body[v]
+    s = r0.source[v]
+    zero, one = const(0.0, s), const(1.0, s)
+    parts = [("_zeros", te.sum, lambda x: tirx.Select(x == zero, tirx.const(1, "int32"), tirx.const(0, "int32"))),
+             ("_nonzero_prod", _PROD, lambda x: tirx.Select(x == zero, one, x))]
+    out = []
+    for suffix, reducer, f in parts:
+        red = _fresh_reduce_axes(op.reduce_axis)
+        x = substitute(s, {a.var: b.var for a, b in zip(op.reduce_axis, red)})
+        out.append(compute_op(op.name + suffix, "", None, op.axis, [reducer(f(x), axis=red)]).output(0))
+    return tuple(out)
+
+
+_PROD = te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")
 
 
 def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:

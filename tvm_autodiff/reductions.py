@@ -28,15 +28,15 @@ def _is_const(e, value) -> bool:
 
 
 def component_kind(combiner: tirx.CommReducer, v: int) -> Optional[str]:
-    """'sum', 'max' or 'min' when value v of the combiner is that elementwise reduction on its own
-    component (x_v ⊕ y_v, with the matching identity); None for anything else (prod, argmax,
+    """'sum', 'prod', 'max' or 'min' when value v of the combiner is that elementwise reduction on
+    its own component (x_v ⊕ y_v, with the matching identity); None for anything else (argmax,
     user-defined combiners), which gets the generic pair-combiner derivative."""
     x, y, r, ident = combiner.lhs[v], combiner.rhs[v], combiner.result[v], combiner.identity_element[v]
-    kinds = {tirx.Add: "sum", tirx.Max: "max", tirx.Min: "min"}
+    kinds = {tirx.Add: "sum", tirx.Mul: "prod", tirx.Max: "max", tirx.Min: "min"}
     kind = kinds.get(type(r))
     if kind is None or {hash(r.a), hash(r.b)} != {hash(x), hash(y)}:
         return None
-    if kind == "sum" and not _is_const(ident, 0):
+    if (kind == "sum" and not _is_const(ident, 0)) or (kind == "prod" and not _is_const(ident, 1)):
         return None
     return kind
 
