@@ -223,6 +223,37 @@ def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:
     return make_compute(name, [iv.dom.extent for iv in op.axis], body)
 
 
+def _same(a, b) -> bool:
+    try:
+        return tvm_ffi.structural_equal(a, b)
+    except TypeError:   # reads of te.Tensor cannot be compared structurally
+        return False
+
+
+def _ceil_division(e):
+    """(a + d - 1) // d if e is select(a % d == 0, a // d, a // d + 1) with a constant d > 0."""
+    c, t, f = e.condition, e.true_value, e.false_value
+    if not (isinstance(c, tirx.EQ) and is_const(c.b, 0) and isinstance(c.a, tirx.FloorMod)):
+        return e
+    a, d = c.a.a, c.a.b
+    if not (isinstance(d, tirx.IntImm) and d.value > 0 and isinstance(t, tirx.FloorDiv)
+            and isinstance(f, tirx.Add) and is_const(f.b, 1) and isinstance(f.a, tirx.FloorDiv)):
+        return e
+    if not all(_same(x.a, a) and _same(x.b, d) for x in (t, f.a)):
+        return e
+    return tirx.floordiv(a + (d.value - 1), d)
+
+
+def ceil_divisions(expr):
+    """expr with the ceiling-division idiom as one floor division (d > 0 a constant):
+
+        select(a % d == 0, a // d, a // d + 1)  ->  (a + d - 1) // d
+
+    topi writes adaptive-pool windows this way.  As a select the window bound is no Presburger
+    term and the solver and isl give up; as a division isl reads it exactly."""
+    return tvm_ffi.structural_map(expr, (tirx.Select, _ceil_division))
+
+
 def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) -> Optional[list]:
     """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
     docstring), or None when op is no such reduction or has no zeros to eliminate.  With
@@ -233,8 +264,8 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
     if component_kind(r.combiner, 0) != "sum" or not is_const(r.condition, True) or len(r.init):
         return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
-    red = [(rv.var, rv.dom.min, rv.dom.extent) for rv in r.axis]
-    split = split_terms(inline_sparse(r.source[0]))
+    red = [(rv.var, rv.dom.min, ceil_divisions(rv.dom.extent)) for rv in r.axis]
+    split = split_terms(ceil_divisions(inline_sparse(r.source[0])))
     if len(split) == 1 and not split[0][0]:
         return None  # no condition anywhere: already as cheap as it gets
     terms = [t for t in (reduce_term(atoms, value, outer, red, scatter) for atoms, value in split)

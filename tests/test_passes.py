@@ -28,7 +28,7 @@ from gradcheck import make_values, normal, run_poisoned
 from test_ops import CASES
 from tvm_autodiff.graph import ops_post_order, placeholders
 from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
-from tvm_autodiff.passes.eliminate import reduce_term, split_terms
+from tvm_autodiff.passes.eliminate import ceil_divisions, reduce_term, split_terms
 from tvm_autodiff.passes.nonzero import disjoint_dnf, monomials, nonzero
 
 F64 = "float64"
@@ -138,13 +138,9 @@ MAX_RATIO = 4
 # misses; analysed with ad.explain).
 _PAIR = ("general comm_reducer gradient (edges._pair_derivatives) is one tangent reduction over "
          "the whole reduce axis per input element: O(|A| * K) work, ratio ~K+1")
-_ADAPTIVE = ("adaptive pool windows have select(...) bounds (non-affine in the outer index), so the "
-             "index equality is not solved and the adjoint sums a 4-D box "
-             "(outputs-per-input x window); ratio 12-15")
 RATIO_XFAIL = {
     "reduce-argmax-pair-value": _PAIR, "reduce-argmax-pair-both-outputs": _PAIR,
     "reduce-argmax-pair-where": _PAIR, "reduce-logsumexp-where-init": _PAIR,
-    "adaptive-pool-avg": _ADAPTIVE, "adaptive-pool-max": _ADAPTIVE,
 }
 
 
@@ -529,6 +525,18 @@ def test_jacobian_detector_detects_a_jacobian():
     assert jacobian_like([J], Y, [A])
     H = te.placeholder(Y.shape, F64, name="H")
     assert not jacobian_like(list(ad.differentiate(Y, [A], head=H)), Y, [A])
+
+
+def test_ceil_divisions_rewrites_the_idiom_and_keeps_values():
+    i = tirx.Var("i", "int32")
+    a = (i + 1) * 5
+    idiom = tirx.Select(tirx.floormod(a, 3) == 0, tirx.floordiv(a, 3), tirx.floordiv(a, 3) + 1)
+    other = tirx.Select(tirx.floormod(a, 3) == 0, tirx.floordiv(a, 3), tirx.floordiv(a, 3) + 2)
+    out = ceil_divisions(idiom + other)
+    assert not isinstance(out.a, tirx.Select) and isinstance(out.b, tirx.Select)
+    ana = tvm.sym.Analyzer()
+    at = lambda e, k: ana.simplify(tvm_ffi.structural_map(e, (tirx.Var, lambda v: tirx.const(k, "int32")))).value
+    assert [at(out, k) for k in range(-7, 8)] == [at(idiom + other, k) for k in range(-7, 8)]
 
 
 # -- regressions: minimal reproductions of bugs the tests found -----------------------------------
