@@ -15,6 +15,9 @@ solve it into a gather.  How a reduction's tangent is formed depends on its comb
             tensors, the zero count Z[i] and the product P[i] of the nonzero factors:
             Z = 0: P / s;  Z = 1 and s = 0: P;  otherwise 0.  About one forward pass more, and
             no division by zero (PyTorch's prod backward does the same);
+- selection (user comm_reducers whose every result is select(c, x_v, y_v) with one condition c,
+            such as argmax pairs): Y_v = s_v(i, k*), so ∂Y_v = Σ_k [k == k*] · ∂s_v(i, k), with k*
+            from a forward reduction by the same combiner that also carries the position;
 - other (user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
             D_wv[i, k] = ∂Y_v / ∂s_w(i, k) comes from a reduction over the pair combiner
             ((x, dx), (y, dy)) -> (x ⊕ y, ∂⊕/∂x·dx + ∂⊕/∂y·dy).  Correct for any combiner; costs a
@@ -25,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import tvm
+import tvm_ffi
 from tvm import sym, te, tirx
 
 from .errors import DifferentiationError
@@ -115,6 +119,13 @@ class EdgeBuilder:
         combiner, sources = bodies[0].combiner, list(bodies[0].source)
         kinds = [component_kind(combiner, v) for v in range(len(sources))]
         out = []
+        if None in kinds and _selection(combiner) is not None:
+            chosen = self._is_selected(op)
+            for h, s in zip(heads, sources):
+                ds = jvp(s, seed) if h is not None else None
+                if ds is not None:
+                    out.append((h, tirx.Select(chosen, ds, const(0.0, ds))))
+            return out
         if None in kinds:
             for w, s in enumerate(sources):
                 ds = jvp(s, seed)
@@ -141,6 +152,14 @@ class EdgeBuilder:
         key = (op, v)
         if key not in self._argmax:
             self._argmax[key] = _arg_extremum(op, v)
+        lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
+        return lin == self._argmax[key](*[iv.var for iv in op.axis])
+
+    def _is_selected(self, op: te.ComputeOp):
+        """[k == k*(i)] for a selection combiner, in op's variables (like `_is_arg_extremum`)."""
+        key = (op, "selected")
+        if key not in self._argmax:
+            self._argmax[key] = _selected_position(op)
         lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
         return lin == self._argmax[key](*[iv.var for iv in op.axis])
 
@@ -226,6 +245,33 @@ def _arg_extremum(op: te.ComputeOp, v: int) -> te.Tensor:
     sources = [substitute(r0.source[v], vmap), _linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
     return new_op.output(1)
+
+
+def _selection(comb: tirx.CommReducer):
+    """c when every result of comb is select(c, x_v, y_v) with one condition c, else None."""
+    conds = []
+    for x, y, r in zip(comb.lhs, comb.rhs, comb.result):
+        if not (isinstance(r, tirx.Select) and r.true_value.same_as(x) and r.false_value.same_as(y)):
+            return None
+        conds.append(r.condition)
+    return conds[0] if all(tvm_ffi.structural_equal(c, conds[0]) for c in conds[1:]) else None
+
+
+def _selected_position(op: te.ComputeOp) -> te.Tensor:
+    """Forward tensor k*[i]: the linear index of the element that op's selection combiner picks,
+    by the same combiner extended with a position component chosen by the same condition."""
+    r0 = op.body[0]
+    comb, red = r0.combiner, list(op.reduce_axis)
+    idt = str(red[0].var.ty.dtype)
+    lx, ly = tirx.Var("lx", idt), tirx.Var("ly", idt)
+    combiner = tirx.CommReducer(list(comb.lhs) + [lx], list(comb.rhs) + [ly],
+                                list(comb.result) + [tirx.Select(_selection(comb), lx, ly)],
+                                list(comb.identity_element) + [tirx.max_value(idt)])
+    new_red = _fresh_reduce_axes(red)
+    vmap = {a.var: b.var for a, b in zip(red, new_red)}
+    sources = [substitute(s, vmap) for s in r0.source] + [_linear_index(new_red, idt)]
+    new_op = compute_op(op.name + "_selected", "", None, op.axis, multi_reduce(combiner, sources, new_red))
+    return new_op.output(len(sources) - 1)
 
 
 def _zero_count_and_product(op: te.ComputeOp, v: int) -> tuple:
