@@ -10,6 +10,7 @@ every step in it succeeded, so a half-applied plan never leaks into the result.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional
 
@@ -344,6 +345,11 @@ def _window_free(store, var) -> bool:
             and all(tvm_ffi.structural_walk(i, kinds) is None for i in store.indices))
 
 
+def _simplify_cond(cond, ana):
+    """`cond` simplified, or a true constant when the analyzer proves it."""
+    return tirx.const(True, "bool") if ana.can_prove(cond) else ana.simplify(cond)
+
+
 def _init_nest(block, loops, predicate):
     """The loop nest of a spatial block that runs `block`'s init over its spatial iter vars."""
     fresh = {iv.var: tirx.Var(iv.var.name, iv.var.ty.dtype) for iv in block.iter_vars}
@@ -420,10 +426,15 @@ def _partitioned(stmt, guards, lanes: int) -> list:
     # The output is zeroed by one spatial block first, and the regions update it without an init
     # block of their own: a reduction block (with init) must be its buffer's only writer.
     out = [_init_nest(block, loops, s.predicate)]
-    for start, stop, body, suffix in ((0, lo, block.body, "_lo"), (lo, hi, inner, ""),
-                                      (hi, extent, block.body, "_hi")):
+    for start, stop, body, suffix in ((0, lo, None, "_lo"), (lo, hi, inner, ""),
+                                      (hi, extent, None, "_hi")):
         if stop <= start:
             continue
+        if body is None:
+            # An edge keeps the guard; what the analyzer can decide on the edge's range (e.g. the
+            # far side of the window's min/max) is simplified away.
+            with ana.constraint_scope(tirx.all(var >= start, var < stop)):
+                body = _guarded(_simplified(store, ana), _simplify_cond(cond, ana), ana)
         dt = str(var.ty.dtype)
         # Each block defines its own iter vars (TIR forbids defining a var twice).
         fresh = {iv.var: tirx.Var(iv.var.name, iv.var.ty.dtype) for iv in block.iter_vars}
@@ -442,8 +453,9 @@ def _partitioned(stmt, guards, lanes: int) -> list:
 def _update_nest(block, loops, predicate, pos, start, extent, lanes):
     """The loops of one region's update block, scheduled here: these blocks have no init (see
     _partitioned), which the schedule's parallel primitive rejects.  Order: outermost spatial loop
-    parallel, other spatial loops, reduction loops, then the region's loop (`pos`, from `start`),
-    split into vector lanes when a factor divides it."""
+    parallel, other spatial loops, reduction loops, then the region's loop (`pos`, `extent`
+    iterations from `start`) split into vector lanes when a factor divides it, or else (scalar)
+    with the other spatial loops."""
     dt = str(block.iter_vars[pos].var.ty.dtype)
     lvs = [tirx.Var(l.loop_var.name, l.loop_var.ty.dtype) for l in loops]
     binds = list(lvs)
@@ -453,15 +465,20 @@ def _update_nest(block, loops, predicate, pos, start, extent, lanes):
         vo, vi = tirx.Var(lvs[pos].name + "_o", dt), tirx.Var(lvs[pos].name + "_v", dt)
         binds[pos] = vo * factor + vi
         inner = [(vo, extent // factor, tirx.ForKind.SERIAL), (vi, factor, tirx.ForKind.VECTORIZED)]
+    elif factor:
+        binds[pos] = lvs[pos]
+        inner = [(lvs[pos], extent, tirx.ForKind.VECTORIZED)]
     else:
         binds[pos] = lvs[pos]
-        inner = [(lvs[pos], extent, tirx.ForKind.VECTORIZED if factor else tirx.ForKind.SERIAL)]
     if start:
         binds[pos] = binds[pos] + tirx.const(start, dt)
     kinds = [iv.iter_type for iv in block.iter_vars]
-    order = ([i for i in range(len(loops)) if i != pos and kinds[i] == tirx.IterVar.DataPar]
+    # A scalar region keeps its loop outside the reductions, so each output element accumulates
+    # in a register over consecutive iterations.
+    order = ([i for i in range(len(loops)) if (i != pos or not inner) and kinds[i] == tirx.IterVar.DataPar]
              + [i for i in range(len(loops)) if kinds[i] != tirx.IterVar.DataPar])
-    nest_loops = [(lvs[i], loops[i].extent, tirx.ForKind.SERIAL) for i in order] + inner
+    nest_loops = [(lvs[i], tirx.const(extent, dt) if i == pos else loops[i].extent,
+                   tirx.ForKind.SERIAL) for i in order] + inner
     if nest_loops and order and kinds[order[0]] == tirx.IterVar.DataPar:
         nest_loops[0] = (nest_loops[0][0], nest_loops[0][1], tirx.ForKind.PARALLEL)
     nest = s_tir.SBlockRealize(binds, predicate, block)
@@ -514,6 +531,25 @@ def _vector_factor(extent: int, lanes: int) -> Optional[int]:
     return next((f for f in divisors if f % 8 == 0), divisors[0] if divisors else None)
 
 
+def _heavy(info: _BlockInfo) -> bool:
+    """Whether a block's body does real work besides a product of two loads: an expensive call,
+    or reads of more than two buffers other than its output (inlined producers)."""
+    inputs = []
+    for r in info.reads:
+        if not any(r.source.same_as(x) for x in inputs + [w.source for w in info.writes]):
+            inputs.append(r.source)
+    return info.expensive or len(inputs) > 2
+
+
+def _cheap_along(info: _BlockInfo, var) -> bool:
+    """Whether at most one input read depends on block var `var`: then the rest of the body (the
+    heavy part) is invariant along it and is shared when its loop runs inside the reduction."""
+    outs = [w.source for w in info.writes]
+    deps = [r for r in info.reads if not any(r.source.same_as(o) for o in outs)
+            and any(_uses(rng.min, var) or _uses(rng.extent, var) for rng in r.region)]
+    return len(deps) <= 1
+
+
 def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
     """Plan for one block: [outer spatial fused+parallel] [reductions] [row tile] [vector lanes].
     With `need_vector`, a reduction block whose inner spatial loop cannot be vectorized fails the
@@ -533,7 +569,7 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
             raise ValueError("loops that mix spatial and reduction iterators")
         spatial = [l for l, k in zip(loops, kinds) if k == "S"]
         reduction = [l for l, k in zip(loops, kinds) if k == "R"]
-        inner, tile = [], []
+        inner, tile, moved = [], [], []
         # Multi-output reductions (argmax-style, whose combiner binds lets) are left scalar: TVM's
         # vectorizer gave wrong results for them once padding was inlined (a padded max pool's
         # argext block).
@@ -546,13 +582,30 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
                 if factor < extent:
                     spatial[-1:] = s.split(spatial[-1], factors=[None, factor])
                 inner = [spatial.pop()]
-                if reduction and info.expensive and factor < extent <= _ROW_LIMIT:
-                    # The whole output row goes under the reduction loops, so expensive values
-                    # that do not depend on the row index (e.g. an elementwise gradient with an
-                    # exp that differentiation inlined into a matmul) are computed once per
-                    # reduction step instead of once per vector (LLVM hoists them out of the row
-                    # loop).  Without such work, a shorter row keeps its accumulators in registers.
-                    inner.insert(0, spatial.pop())
+                if reduction and _heavy(info) and _cheap_along(info, var):
+                    # Inner spatial loops go under the reduction loops (up to _ROW_LIMIT output
+                    # elements, keeping a few outer iterations per core), so work in the body that
+                    # does not depend on them (an elementwise gradient that differentiation inlined
+                    # into a matmul or a conv weight gradient: exp, argmax selects, index
+                    # arithmetic) is computed once per reduction step, not once per vector.
+                    # Without such work, a shorter row keeps its accumulators in registers.
+                    volume = factor
+                    if factor < extent <= _ROW_LIMIT:
+                        inner.insert(0, spatial.pop())
+                        volume = extent
+                    while volume == extent and len(spatial) >= 2:
+                        e = _const_extent(s, spatial[-1])
+                        outer = [_const_extent(s, l) for l in spatial[:-1]]
+                        loop_var = s.get(spatial[-1]).loop_var
+                        ivar = next((iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                                     if _uses(b, loop_var)), None)
+                        if (e is None or volume * e > _ROW_LIMIT or None in outer
+                                or math.prod(outer) < 4 or ivar is None
+                                or not _cheap_along(info, ivar)):
+                            break
+                        volume *= e
+                        moved.append(spatial[-1])
+                        inner.insert(0, spatial.pop())
         if need_vector and reduction and not inner:
             raise ValueError("inner spatial loop is not vectorizable")
         if inner and reduction and len(spatial) >= 2:
@@ -572,6 +625,9 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
         s.parallel(outer)
         if tile:
             s.unroll(tile[0])
+        for loop in moved:
+            if _const_extent(s, loop) <= 8:
+                s.unroll(loop)
         if inner:
             s.vectorize(inner[-1])
         if reduction and info.has_init:
