@@ -157,10 +157,13 @@ def _compile(func, scheduled, target, schedule):
     """(executable, PrimFunc), with the load indices that TVM 0.27 miscompiles guarded
     (`guard_indices`).  A default CPU schedule that fails to compile (LLVM has no vector
     form of some intrinsics, e.g. sinh) falls back to scalar loops, then to the unscheduled
-    function; other schedules must compile as they are."""
+    function; a GPU schedule whose cross-thread reductions TVM cannot lower (tuple reducers)
+    falls back to one without them; other schedules must compile as they are."""
     fallbacks = []
     if schedule == "default" and target.kind.name == "llvm":
         fallbacks = [lambda: _schedule.schedule_cpu(func, vectorize=False), lambda: func]
+    if target.kind.name == "cuda":
+        fallbacks = [lambda: _schedule.schedule_gpu(func, target, cross_thread=False)]
     while True:
         try:
             scheduled = guard_indices(scheduled)

@@ -767,13 +767,30 @@ def _gpu_bind_plan(info: _BlockInfo, threads: int):
     return plan
 
 
-def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
+def _with_root(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """func with its body block inside a root block.  create_prim_func makes the block of a lone
+    extern op (e.g. a scatter-add gradient) the function body itself, where no schedule primitive
+    can reach it."""
+    body = func.body
+    if not isinstance(body, s_tir.SBlockRealize) or body.block.name_hint == "root":
+        return func
+    root = s_tir.SBlock([], [], [], "root", body)
+    return func.with_body(s_tir.SBlockRealize([], tirx.const(True, "bool"), root))
+
+
+def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target,
+                 cross_thread: bool = True) -> tirx.PrimFunc:
     """GPU schedule: dlight's default rules for the whole function, then explicit thread binding
     for every top-level block that they leave unbound (dlight gives up on functions whose
-    blocks it cannot normalize, e.g. nested variable-extent reductions)."""
-    rules = [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-             dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
-    mod = tvm.IRModule({"main": func})
+    blocks it cannot normalize, e.g. nested variable-extent reductions).  An extern block without
+    loops of its own (a scatter-add) runs in one thread.
+
+    cross_thread=False leaves out the rules that reduce across threads: TVM lowers those only for
+    reducers it recognizes, not for tuple reducers such as the argmax that max/min gradients
+    reuse; `build` retries with it when lowering fails."""
+    reducing = [dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction()]
+    rules = [dlight.gpu.Matmul(), *(reducing if cross_thread else []), dlight.gpu.Fallback()]
+    mod = tvm.IRModule({"main": _with_root(func)})
     try:
         with target:
             mod = dlight.ApplyDefaultSchedule(*rules)(mod)
