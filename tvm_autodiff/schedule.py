@@ -636,6 +636,114 @@ def _cpu_plan(info: _BlockInfo, lanes: int, need_vector: bool):
     return plan
 
 
+# Register tile of a matmul-like block (see _cpu_matmul_plan): at most this many vector
+# accumulators (AVX2 has 16 ymm registers; one more holds the broadcast operand), and rows per tile.
+_MAX_ACCUMULATORS = 12
+_MAX_TILE_ROWS = 8
+_VECTOR_BYTES = 32
+
+
+def _loads(stmt) -> list:
+    found = []
+    tvm_ffi.structural_walk(stmt, (_LOAD_TYPE, lambda l: found.append(l)))
+    return found
+
+
+def _matmul_tile(rows: int, cols: int, vec: int) -> Optional[tuple[int, int]]:
+    """(rows, columns) of a register tile for a `rows` x `cols` output, columns a multiple of the
+    vector width `vec`, both dividing their extents (no tails): the tile with the most
+    multiply-adds per load (a tile of r rows and m vectors does r*m vector FMAs per reduction
+    step for r broadcasts and m vector loads) within _MAX_ACCUMULATORS registers."""
+    best, best_key = None, None
+    for m in range(1, _MAX_ACCUMULATORS + 1):
+        if cols % (vec * m):
+            continue
+        for r in range(1, min(rows, _MAX_TILE_ROWS) + 1):
+            if rows % r or r * m > _MAX_ACCUMULATORS:
+                continue
+            key = (r * m / (r + m), r * m)
+            if best_key is None or key > best_key:
+                best, best_key = (r, vec * m), key
+    return best if best and best_key[1] >= 2 else None
+
+
+def _cpu_matmul_plan(info: _BlockInfo):
+    """Register-tiled plan for a matmul-like block: a reduction whose innermost spatial iterator j
+    is contiguous in the output and in the operand(s) that read it, and a second spatial
+    iterator i that no read indexed by j uses (C[i, j] = sum_k A[i, k] * B[k, j], transposed
+    A, batched, weight gradients).  Loop nest: [outer spatial, j tiles, i tiles] fused and
+    parallel, reductions, then an i x j register tile (rows unrolled, columns vectorized) that
+    accumulates in a local buffer, written back once per tile: each reduction step loads a few
+    vectors of B and broadcasts a few elements of A for rows x vectors FMAs."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        if (not info.top_level or info.has_children or len(info.writes) != 1 or not info.has_init
+                or "O" in kinds or "R" not in kinds):
+            raise ValueError("not a plain top-level reduction")
+        spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+        reduction = [l for l, k in zip(loops, kinds) if k == "R"]
+        if len(spatial) < 2:
+            raise ValueError("fewer than two spatial loops")
+
+        def var_of(loop):
+            lv = s.get(loop).loop_var
+            vs = [iv.var for iv, b in zip(info.iter_vars, info.bindings) if _uses(b, lv)]
+            if len(vs) != 1:
+                raise ValueError("loop feeds several iter vars")
+            return vs[0]
+
+        jvar, ivar = var_of(spatial[-1]), var_of(spatial[-2])
+        cols, rows = _const_extent(s, spatial[-1]), _const_extent(s, spatial[-2])
+        if not cols or not rows or not _contiguous(info, jvar):
+            raise ValueError("inner spatial loop is not contiguous")
+        out = info.writes[0].source
+        store = s.get(block).body
+        reads = [l for l in _loads(store) if not l.source.same_as(out)]
+        along_j = [l for l in reads if any(_uses(x, jvar) for x in l.indices)]
+        along_i = [l for l in reads if any(_uses(x, ivar) for x in l.indices)]
+        rvars = [iv.var for iv in info.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        if (not along_j or not along_i or any(a.same_as(b) for a in along_j for b in along_i)
+                or not all(any(_uses(x, r) for x in l.indices for r in rvars) for l in along_j)):
+            raise ValueError("not matmul-like")
+        # Reads along j other than the last index would be gathers (checked by _contiguous on
+        # the regions; the loads themselves are checked here too).
+        for l in along_j:
+            if any(_uses(x, jvar) for x in l.indices[:-1]):
+                raise ValueError("strided read along j")
+        if _heavy(info) and not _cheap_along(info, jvar):
+            raise ValueError("heavy body along j")
+        dtype = out.dtype
+        vec = max(1, _VECTOR_BYTES * 8 // tvm.runtime.DataType(str(dtype)).bits)
+        tile = _matmul_tile(rows, cols, vec)
+        if tile is None:
+            raise ValueError("no register tile divides the output")
+        tr, tc = tile
+        jo, ji = s.split(spatial[-1], factors=[None, tc])
+        io, ii = s.split(spatial[-2], factors=[None, tr])
+        outer = [*spatial[:-2], jo, io]
+        s.reorder(*outer, *reduction, ii, ji)
+        fused = s.fuse(*outer)
+        s.parallel(fused)
+        wb = s.cache_write(block, 0, "local")
+        s.reverse_compute_at(wb, fused)
+        wb_loops = s.get_loops(wb)[1:]
+        if len(wb_loops) >= 2:
+            s.vectorize(wb_loops[-1])
+        s.unroll(ii)
+        if tc > vec:
+            # One machine vector per instruction: LLVM legalizes a wide vector (e.g. 40 lanes)
+            # poorly, where unrolled 8-lane operations keep every accumulator in a register.
+            jm, ji = s.split(ji, factors=[None, vec])
+            s.unroll(jm)
+        s.vectorize(ji)
+        s.decompose_reduction(block, reduction[0])
+
+    return plan
+
+
 def _cpu_rfactor_plan(info: _BlockInfo, lanes: int):
     """Vectorize a reduction along its innermost reduction loop, for blocks whose inner spatial
     loop is strided in memory (e.g. a dot product over the last axis of both operands): split that
@@ -716,7 +824,8 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
         return func
     sch = inline_injective(sch)
     for info in block_infos(sch.mod["main"]):
-        plans = (_cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
+        plans = (*((_cpu_matmul_plan(info),) if vectorize else ()),
+                 _cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
                  _cpu_plan(info, lanes, False), _cpu_fallback_plan(info))
         for plan in plans if not info.negative_div else (_cpu_fallback_plan(info, fuse=False),):
             after = _try(sch, plan)
