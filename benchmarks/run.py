@@ -103,7 +103,10 @@ def _ours(case, data, args):
             [int(d) for d in case.out.shape]).astype("float32")]
     _emit(grad_ms=timed(outputs, inputs, values))
     if args.tune:
-        _emit(tuned_grad_ms=timed(outputs, inputs, values, schedule="tune", trials=args.trials))
+        try:
+            _emit(tuned_grad_ms=timed(outputs, inputs, values, schedule="tune", trials=args.trials))
+        except RuntimeError as err:   # e.g. meta_schedule finds no valid schedule at all
+            _emit(tune_error=str(err).split(":")[0])
 
 
 def worker(args):
@@ -145,7 +148,7 @@ def run_op(name, args):
     for ours, key in (("grad_ms", "speedup"), ("tuned_grad_ms", "tuned_speedup")):
         if ours in row and "torch_bwd_ms" in row:
             row[key] = row["torch_bwd_ms"] / row[ours]
-    row["status"] = status
+    row["status"] = status if "tune_error" not in row else f"{status}; tuning: {row['tune_error']}"
     return row
 
 

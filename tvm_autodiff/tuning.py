@@ -101,6 +101,9 @@ def tune(func: tirx.PrimFunc, target: tvm.target.Target, trials: int = 64,
             bar.close()
     found = lookup(func, target, work_dir)
     if found is None:
-        raise RuntimeError("meta_schedule found no valid schedule (every trial failed to build or "
-                           "run); see the logs in " + work_dir)
+        raise RuntimeError(
+            "meta_schedule found no valid schedule: every candidate failed a postprocessor, the "
+            "build or the run (known case: reductions whose extent depends on outer loops, such as "
+            "the windows of a conv's input gradient, which its DisallowDynamicLoop and "
+            "RewriteParallelVectorizeUnroll reject); use schedule='default'. Logs: " + work_dir)
     return found
