@@ -285,3 +285,20 @@ def test_matmul_register_tile():
         pos = [i for i, l in enumerate(loops) if any(b.same_as(l.loop_var) for b in reduce_vars)]
         assert pos and pos[0] < kinds.index(tirx.ForKind.UNROLLED)   # k outside the register tile
         assert info.writes[0].source.scope() == "local"              # accumulates in a local tile
+
+
+def test_matmul_expensive_factor_hoisted():
+    """softmax(X·Wᵀ): the input and weight gradients are matmuls of W or X with an elementwise
+    softmax gradient (exp) that differentiation inlines into them.  The default schedule computes
+    that factor once per element in a block of its own, so the matmuls get the register tile."""
+    from tvm_autodiff.schedule import block_infos
+
+    x, w = te.placeholder((6, 20), name="X"), te.placeholder((16, 20), name="W")
+    y = topi.nn.softmax(topi.nn.dense(x, w))
+    got = check(y, [x, w], {x: rand(6, 20), w: rand(16, 20)})
+    assert len(got) == 3
+    head = te.placeholder(y.shape, name="H")
+    m = build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head])
+    infos = block_infos(m.func)
+    assert any(i.name.endswith("_factor") for i in infos)
+    assert any(i.is_reduction and i.writes[0].source.scope() == "local" for i in infos)

@@ -649,22 +649,136 @@ def _loads(stmt) -> list:
     return found
 
 
-def _matmul_tile(rows: int, cols: int, vec: int) -> Optional[tuple[int, int]]:
-    """(rows, columns) of a register tile for a `rows` x `cols` output, columns a multiple of the
-    vector width `vec`, both dividing their extents (no tails): the tile with the most
-    multiply-adds per load (a tile of r rows and m vectors does r*m vector FMAs per reduction
-    step for r broadcasts and m vector loads) within _MAX_ACCUMULATORS registers."""
+def _matmul_tile(rows: int, cols: int, vec: int) -> Optional[tuple[int, int, int]]:
+    """(rows r, columns, lanes l) of a register tile for a `rows` x `cols` output: r rows of m
+    vectors of l lanes each (columns = m * l), both dividing their extents (no tails).  A vector
+    of l lanes takes u = ceil(l / vec) machine registers and instructions; per reduction step the
+    tile does r*m*u FMAs for r broadcasts and m*u loads, so the tile with the most useful lanes
+    per instruction within _MAX_ACCUMULATORS registers wins.  Lanes are whole machine vectors
+    (l = vec), or when `cols` has no such divisor, a divisor below 2*vec (wider vectors that are
+    not a multiple of the machine's come out slow from LLVM)."""
     best, best_key = None, None
-    for m in range(1, _MAX_ACCUMULATORS + 1):
-        if cols % (vec * m):
-            continue
-        for r in range(1, min(rows, _MAX_TILE_ROWS) + 1):
-            if rows % r or r * m > _MAX_ACCUMULATORS:
+    widths = [vec] if cols % vec == 0 else [l for l in range(2 * vec - 1, 1, -1) if cols % l == 0]
+    for l in widths:
+        u = -(-l // vec)
+        for m in range(1, _MAX_ACCUMULATORS // u + 1):
+            if cols % (l * m):
                 continue
-            key = (r * m / (r + m), r * m)
-            if best_key is None or key > best_key:
-                best, best_key = (r, vec * m), key
-    return best if best and best_key[1] >= 2 else None
+            for r in range(1, min(rows, _MAX_TILE_ROWS) + 1):
+                if rows % r or r * m * u > _MAX_ACCUMULATORS:
+                    continue
+                key = (r * m * l / (r * m * u + m * u + r), r * m * l)
+                if best_key is None or key > best_key:
+                    best, best_key = (r, l * m, l), key
+    return best if best and best_key[1] >= 2 * vec else None
+
+
+def _hoisted_factor(stmt, buffer_map):
+    """For a top-level loop nest around a sum-reduction block C[.., j] += a * b, where `a` does
+    not depend on the output's last index j and is expensive (an exp/log, or three or more
+    loads: an elementwise gradient that differentiation inlined into a matmul), the statements
+    [F = a over a's own iterators, the block reading F instead of a] plus F's buffer; else None.
+    Inlined, `a` would be recomputed for every tile of j columns in the register-tiled plan; as
+    its own block it is computed once per element, vectorized."""
+    loops, s = [], stmt
+    while isinstance(s, tirx.For):
+        loops.append(s)
+        s = s.body
+    if not isinstance(s, s_tir.SBlockRealize):
+        return None
+    block = s.block
+    store = block.body
+    if (block.init is None or not isinstance(store, tirx.BufferStore) or block.alloc_buffers
+            or block.match_buffers or len(loops) != len(block.iter_vars)
+            or not (isinstance(s.predicate, tirx.IntImm) and s.predicate.value == 1)):
+        return None
+    for l, b, iv in zip(loops, s.iter_values, block.iter_vars):
+        if (l.kind != tirx.ForKind.SERIAL or l.thread_binding is not None or not l.loop_var.same_as(b)
+                or not isinstance(l.min, tirx.IntImm) or l.min.value != 0
+                or not isinstance(iv.dom.min, tirx.IntImm) or iv.dom.min.value != 0
+                or not isinstance(iv.dom.extent, tirx.IntImm)):
+            return None
+    value, out = store.value, store.buffer
+    if not isinstance(value, tirx.Add):
+        return None
+    own = lambda e: isinstance(e, _LOAD_TYPE) and e.source.same_as(out)   # noqa: E731
+    rhs = value.b if own(value.a) else value.a if own(value.b) else None
+    if not isinstance(rhs, tirx.Mul) or not store.indices or not isinstance(store.indices[-1], tirx.Var):
+        return None
+    jvar = store.indices[-1]
+    uses_j = [_uses(rhs.a, jvar), _uses(rhs.b, jvar)]
+    if uses_j.count(True) != 1:
+        return None
+    a, b = (rhs.b, rhs.a) if uses_j[0] else (rhs.a, rhs.b)
+    loads = _loads(a)
+    if (not (_has_expensive_call(a) or len(loads) >= 3) or any(l.source.same_as(out) for l in loads)
+            or not _loads(b)):
+        return None
+    used = [iv for iv in block.iter_vars if _uses(a, iv.var)]
+    if not used:
+        return None
+    # F's last dimension: the iterator that indexes other than the last dimension of the fewest
+    # loads in `a` (then of the most loads in the last dimension), so that the block computing
+    # F reads contiguously along it.
+    def rank(iv):
+        strided = sum(any(_uses(x, iv.var) for x in l.indices[:-1]) for l in loads)
+        return (-strided, sum(bool(l.indices) and _uses(l.indices[-1], iv.var) for l in loads))
+
+    inner = max(used, key=rank)
+    used = [iv for iv in used if not iv.same_as(inner)] + [inner]
+    factor = tirx.decl_buffer([iv.dom.extent for iv in used], str(a.ty.dtype),
+                              name=block.name_hint + "_factor")
+    fresh = {iv.var: tirx.Var(iv.var.name, iv.var.ty.dtype) for iv in used}
+    f_ivs = [tirx.IterVar(iv.dom, fresh[iv.var], tirx.IterVar.DataPar) for iv in used]
+    f_body = tirx.BufferStore(factor, tvm_ffi.structural_map(a, (tirx.Var, lambda v: fresh.get(v, v))),
+                              [fresh[iv.var] for iv in used])
+    bmap = {**buffer_map, factor: factor}
+    f_block = s_tir.SBlock(f_ivs, [], [], block.name_hint + "_factor", f_body)
+    reads, writes = s_tir.analysis.get_sblock_read_write_region(f_block, bmap)
+    f_block = s_tir.SBlock(f_ivs, reads, writes, block.name_hint + "_factor", f_body)
+    lvs = [tirx.Var(iv.var.name + "_f", iv.var.ty.dtype) for iv in used]
+    f_nest = s_tir.SBlockRealize(lvs, tirx.const(True, "bool"), f_block)
+    for iv, lv in reversed(list(zip(used, lvs))):
+        f_nest = tirx.For(lv, tirx.const(0, str(lv.ty.dtype)), iv.dom.extent, tirx.ForKind.SERIAL, f_nest)
+    load = tirx.BufferLoad(factor, [iv.var for iv in used])
+    new_rhs = tirx.Mul(load, b) if not uses_j[0] else tirx.Mul(b, load)
+    new_value = tirx.Add(value.a, new_rhs) if own(value.a) else tirx.Add(new_rhs, value.b)
+    new_store = tirx.BufferStore(out, new_value, list(store.indices))
+    tmp = s_tir.SBlock(list(block.iter_vars), [], [], block.name_hint, new_store, block.init)
+    reads, _ = s_tir.analysis.get_sblock_read_write_region(tmp, bmap)
+    reads = [r for r in reads if not r.source.same_as(out)]
+    new_block = s_tir.SBlock(list(block.iter_vars), reads, list(block.writes), block.name_hint,
+                             new_store, block.init, [], [], dict(block.annotations))
+    nest = s_tir.SBlockRealize(list(s.iter_values), s.predicate, new_block)
+    for l in reversed(loops):
+        nest = tirx.For(l.loop_var, l.min, l.extent, l.kind, nest)
+    return [f_nest, nest], factor
+
+
+def hoist_invariant_factors(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with the expensive factors of matmul-like reductions computed by blocks of their
+    own (see _hoisted_factor)."""
+    root = func.body
+    if not isinstance(root, s_tir.SBlockRealize):
+        return func
+    body = root.block.body
+    stmts = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
+    # In 0.27 a buffer is itself the variable that the access-region analysis maps.
+    buffer_map = {b: b for b in list(func.params) + list(root.block.alloc_buffers)}
+    out, allocs = [], list(root.block.alloc_buffers)
+    for st in stmts:
+        hoisted = _hoisted_factor(st, buffer_map)
+        if hoisted is None:
+            out.append(st)
+        else:
+            out += hoisted[0]
+            allocs.append(hoisted[1])
+    if len(allocs) == len(root.block.alloc_buffers):
+        return func
+    return func.with_body(s_tir.SBlockRealize(root.iter_values, root.predicate, s_tir.SBlock(
+        root.block.iter_vars, root.block.reads, root.block.writes, root.block.name_hint,
+        tirx.SeqStmt(out), root.block.init, allocs, root.block.match_buffers,
+        root.block.annotations)))
 
 
 def _cpu_matmul_plan(info: _BlockInfo):
@@ -713,14 +827,16 @@ def _cpu_matmul_plan(info: _BlockInfo):
         for l in along_j:
             if any(_uses(x, jvar) for x in l.indices[:-1]):
                 raise ValueError("strided read along j")
-        if _heavy(info) and not _cheap_along(info, jvar):
-            raise ValueError("heavy body along j")
+        if _heavy(info):
+            # Work in the body besides the product (an inlined elementwise gradient) would be
+            # redone for every column tile; _cpu_plan keeps whole rows under the reduction.
+            raise ValueError("heavy body")
         dtype = out.dtype
         vec = max(1, _VECTOR_BYTES * 8 // tvm.runtime.DataType(str(dtype)).bits)
         tile = _matmul_tile(rows, cols, vec)
         if tile is None:
             raise ValueError("no register tile divides the output")
-        tr, tc = tile
+        tr, tc, lanes = tile
         jo, ji = s.split(spatial[-1], factors=[None, tc])
         io, ii = s.split(spatial[-2], factors=[None, tr])
         outer = [*spatial[:-2], jo, io]
@@ -733,10 +849,11 @@ def _cpu_matmul_plan(info: _BlockInfo):
         if len(wb_loops) >= 2:
             s.vectorize(wb_loops[-1])
         s.unroll(ii)
-        if tc > vec:
-            # One machine vector per instruction: LLVM legalizes a wide vector (e.g. 40 lanes)
-            # poorly, where unrolled 8-lane operations keep every accumulator in a register.
-            jm, ji = s.split(ji, factors=[None, vec])
+        if tc > lanes:
+            # At most one or two machine vectors per operation: LLVM legalizes a wide vector
+            # (e.g. 40 lanes) poorly, where unrolled 8-lane operations keep every accumulator in
+            # a register (5 to 10 times faster).
+            jm, ji = s.split(ji, factors=[None, lanes])
             s.unroll(jm)
         s.vectorize(ji)
         s.decompose_reduction(block, reduction[0])
@@ -823,6 +940,11 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
         # variable that create_prim_func binds in two blocks), so such functions stay serial.
         return func
     sch = inline_injective(sch)
+    if vectorize:
+        try:
+            sch = s_tir.Schedule(hoist_invariant_factors(sch.mod["main"]))
+        except _PLAN_ERRORS:
+            pass
     for info in block_infos(sch.mod["main"]):
         plans = (*((_cpu_matmul_plan(info),) if vectorize else ()),
                  _cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
