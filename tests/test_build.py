@@ -302,3 +302,21 @@ def test_matmul_expensive_factor_hoisted():
     infos = block_infos(m.func)
     assert any(i.name.endswith("_factor") for i in infos)
     assert any(i.is_reduction and i.writes[0].source.scope() == "local" for i in infos)
+
+
+def test_matmul_nt_register_tile():
+    """A dense layer's forward pass (both operands contiguous along the reduction): an r x c tile
+    of dot products accumulates machine vectors of partial sums in a local buffer, inside the
+    reduction loop, with unrolled tile loops; values agree with numpy."""
+    from tvm_autodiff.schedule import block_infos
+
+    for k in (48, 20):   # 20: chunks of 5 lanes (no 8-lane divisor)
+        x, w = te.placeholder((12, k), name="X"), te.placeholder((40, k), name="W")
+        y = topi.nn.dense(x, w)
+        m = build(y, [x, w])
+        xv, wv = rand(12, k), rand(40, k)
+        np.testing.assert_allclose(m(xv, wv), xv @ wv.T, rtol=1e-4, atol=1e-4)
+        script = m.func.script()
+        assert "T.unroll" in script and "T.vectorized" in script
+        rf = [i for i in block_infos(m.func) if i.is_reduction and i.writes[0].source.scope() == "local"]
+        assert rf, script

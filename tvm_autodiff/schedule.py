@@ -861,6 +861,96 @@ def _cpu_matmul_plan(info: _BlockInfo):
     return plan
 
 
+def _cpu_rfactor_tile_plan(info: _BlockInfo):
+    """Register-tiled dot products, for matmul-like blocks whose operands are both contiguous
+    along the reduction, not along the output's inner axis (C[i, j] = sum_k A[i, k] * B[j, k],
+    a dense layer's forward pass): an r x c tile of outputs keeps r*c vector accumulators over
+    machine-vector chunks of k (r + c vector loads for r*c FMAs per chunk) in a local partial-sum
+    buffer, summed across lanes once per output at the end."""
+
+    def plan(s: s_tir.Schedule):
+        block = s.get_sblock(info.name)
+        kinds = _loop_kinds(s, block, info)
+        loops = s.get_loops(block)
+        if (not info.top_level or info.has_children or len(info.writes) != 1 or not info.has_init
+                or "O" in kinds or "R" not in kinds or _heavy(info)):
+            raise ValueError("not a plain top-level reduction")
+        spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+        reduction = [l for l, k in zip(loops, kinds) if k == "R"]
+        if len(spatial) < 2:
+            raise ValueError("fewer than two spatial loops")
+        kvar = next((iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                     if _uses(b, s.get(reduction[-1]).loop_var)), None)
+        vec = max(1, _VECTOR_BYTES * 8 // tvm.runtime.DataType(str(info.writes[0].source.dtype)).bits)
+        depth = _const_extent(s, reduction[-1])
+        rows, cols = _const_extent(s, spatial[-2]), _const_extent(s, spatial[-1])
+        if kvar is None or not depth or not rows or not cols or not _contiguous(info, kvar, output_dim=False):
+            raise ValueError("inner reduction loop is not vectorizable")
+        if depth % vec:
+            # Chunks of k narrower than a machine vector (partial-sum vectors wider than one
+            # came out twice as slow).
+            widths = [l for l in range(vec - 1, 3, -1) if depth % l == 0]
+            if not widths:
+                raise ValueError("no vector width divides the reduction")
+            vec = widths[0]
+        regs = -(-vec // max(1, _VECTOR_BYTES * 8 // tvm.runtime.DataType(str(info.writes[0].source.dtype)).bits))
+        out = info.writes[0].source
+        reads = [l for l in _loads(s.get(block).body) if not l.source.same_as(out)]
+        ivar = next(iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                    if _uses(b, s.get(spatial[-2]).loop_var))
+        jvar = next(iv.var for iv, b in zip(info.iter_vars, info.bindings)
+                    if _uses(b, s.get(spatial[-1]).loop_var))
+        for l in reads:
+            if any(_uses(x, ivar) for x in l.indices) and any(_uses(x, jvar) for x in l.indices):
+                raise ValueError("a read along both tile axes")
+        best, key = None, None
+        for r in range(1, 5):
+            for c in range(1, 5):
+                if rows % r or cols % c or r * c * regs > _MAX_ACCUMULATORS:
+                    continue
+                k = (r * c / (r + c), r * c)
+                if key is None or k > key:
+                    best, key = (r, c), k
+        r, c = best
+        if r * c < 4:
+            raise ValueError("no register tile divides the output")
+        ko, ki = s.split(reduction[-1], factors=[None, vec])
+        jo, ji = s.split(spatial[-1], factors=[None, c])
+        io, ii = s.split(spatial[-2], factors=[None, r])
+        outer = [*spatial[:-2], io, jo]
+        s.reorder(*outer, *reduction[:-1], ko, ii, ji, ki)
+        fused = s.fuse(*outer)
+        rf = s.rfactor(ki, factor_axis=len(info.writes[0].region))
+        s.parallel(fused)
+        s.compute_at(rf, fused)
+        s.set_scope(rf, 0, "local")
+        rf_info = _info_of(s, s.get(rf).name_hint)
+        rf_loops = s.get_loops(rf)[1:]
+        rf_kinds = _loop_kinds(s, rf, rf_info)[1:]
+        # The rf block's spatial loops, by the dimension of the partial-sum buffer they index.
+        write = rf_info.writes[0]
+        dims = []
+        for loop, kind in zip(rf_loops, rf_kinds):
+            if kind != "S":
+                continue
+            lv = s.get(loop).loop_var
+            ivs = [iv.var for iv, b in zip(rf_info.iter_vars, rf_info.bindings) if _uses(b, lv)]
+            dim = next(d for d, rng in enumerate(write.region) if any(_uses(rng.min, v) for v in ivs))
+            dims.append((dim, loop))
+        dims.sort(key=lambda t: t[0])
+        tile_loops = [l for _, l in dims]
+        rf_reduction = [l for l, k in zip(rf_loops, rf_kinds) if k == "R"]
+        s.reorder(*rf_reduction, *tile_loops)
+        for l in tile_loops[:-1]:
+            if _const_extent(s, l) and _const_extent(s, l) > 1:
+                s.unroll(l)
+        s.vectorize(tile_loops[-1])
+        s.decompose_reduction(rf, rf_reduction[0])
+        s.decompose_reduction(block, s.get_loops(block)[1])
+
+    return plan
+
+
 def _cpu_rfactor_plan(info: _BlockInfo, lanes: int):
     """Vectorize a reduction along its innermost reduction loop, for blocks whose inner spatial
     loop is strided in memory (e.g. a dot product over the last axis of both operands): split that
@@ -946,7 +1036,7 @@ def schedule_cpu(func: tirx.PrimFunc, vectorize: bool = True) -> tirx.PrimFunc:
         except _PLAN_ERRORS:
             pass
     for info in block_infos(sch.mod["main"]):
-        plans = (*((_cpu_matmul_plan(info),) if vectorize else ()),
+        plans = (*((_cpu_matmul_plan(info), _cpu_rfactor_tile_plan(info)) if vectorize else ()),
                  _cpu_plan(info, lanes, True), _cpu_rfactor_plan(info, lanes),
                  _cpu_plan(info, lanes, False), _cpu_fallback_plan(info))
         for plan in plans if not info.negative_div else (_cpu_fallback_plan(info, fuse=False),):
