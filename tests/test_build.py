@@ -320,3 +320,18 @@ def test_matmul_nt_register_tile():
         assert "T.unroll" in script and "T.vectorized" in script
         rf = [i for i in block_infos(m.func) if i.is_reduction and i.writes[0].source.scope() == "local"]
         assert rf, script
+
+
+def test_matmul_packed_panel():
+    """A matmul whose column panel of B (all of k) overflows L1 and is reused by many row tiles:
+    the register-tiled plan copies each panel contiguously once per column tile."""
+    from tvm_autodiff.schedule import block_infos
+
+    a, b = te.placeholder((32, 600), name="A"), te.placeholder((600, 256), name="B")
+    k = te.reduce_axis((0, 600), name="k")
+    c = te.compute((32, 256), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    m = build(c, [a, b])
+    av, bv = rand(32, 600), rand(600, 256)
+    np.testing.assert_allclose(m(av, bv), av @ bv, rtol=1e-4, atol=1e-3)
+    names = [i.name for i in block_infos(m.func)]
+    assert "B_global" in names, names
