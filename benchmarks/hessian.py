@@ -263,7 +263,7 @@ def table(rows, checks) -> str:
             keys.append(k)
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     ours = [v for v in ("ours", "ours_tuned") if v in variants]
-    head = ["problem", "size", "|H|"] + [LABELS[v] + " ms" for v in variants] + \
+    head = ["problem", "size", "H elements"] + [LABELS[v] + " ms" for v in variants] + \
         [f"torch default/{LABELS[o]}" for o in ours] + [f"fastest torch/{LABELS[o]}" for o in ours]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
