@@ -39,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import _emit, _fmt, _median_ms  # noqa: E402  (same timing helpers as the op benchmark)
+from run import _emit, _fmt, _median_ms, _save_bar_chart  # noqa: E402  (shared with the op benchmark)
 
 VARIANTS = ["ours", "ours_tuned", "torch", "torch_vec", "torch_func"]
 TORCH = ["torch", "torch_vec", "torch_func"]
@@ -255,12 +255,13 @@ def extrapolate(rows):
 # -- report ------------------------------------------------------------------------------------------
 
 
+def _keys(rows) -> list:
+    """The (problem, size) pairs of rows, in first-seen order."""
+    return list(dict.fromkeys((r["problem"], tuple(r["size"])) for r in rows))
+
+
 def table(rows, checks) -> str:
-    keys = []
-    for r in rows:
-        k = (r["problem"], tuple(r["size"]))
-        if k not in keys:
-            keys.append(k)
+    keys = _keys(rows)
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     ours = [v for v in ("ours", "ours_tuned") if v in variants]
     head = ["problem", "size", "H elements"] + [LABELS[v] + " ms" for v in variants] + \
@@ -270,21 +271,18 @@ def table(rows, checks) -> str:
     for name, size in keys:
         cells, ms = [], {}
         for v in variants:
-            r = next((r for r in rows if r["problem"] == name and tuple(r["size"]) == size
-                      and r["variant"] == v and ("ms" in r or not r.get("extrapolated"))), None)
             rs = [r for r in rows if r["problem"] == name and tuple(r["size"]) == size and r["variant"] == v]
-            measured = next((r for r in rs if "ms" in r and not r.get("extrapolated")), None)
+            run = next((r for r in rs if not r.get("extrapolated")), None)
             extra = next((r for r in rs if r.get("extrapolated")), None)
-            if measured:
-                ms[v] = measured["ms"]
-                cells.append(f"{measured['ms']:.4g}")
+            if run and "ms" in run:
+                ms[v] = run["ms"]
+                cells.append(f"{run['ms']:.4g}")
             elif extra:
                 ms[v] = extra["ms"]
-                why = next((r["status"] for r in rs if not r.get("extrapolated")), "")
                 cells.append(f"~{extra['ms']:.4g}*")
-                notes.append(f"* {name} {list(size)} {LABELS[v]}: {why}; {extra['status']}")
+                notes.append(f"* {name} {list(size)} {LABELS[v]}: {run['status'] if run else ''}; {extra['status']}")
             else:
-                cells.append(r["status"] if r else "-")
+                cells.append(run["status"] if run else "-")
         torch_ms = [ms[v] for v in TORCH if v in ms]
         sp = lambda a, o: _fmt(a / ms[o]) + "×" if o in ms else "-"  # noqa: E731
         cells += [sp(ms["torch"], o) if "torch" in ms else "-" for o in ours]
@@ -313,11 +311,7 @@ def chart(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = []
-    for r in rows:
-        k = (r["problem"], tuple(r["size"]))
-        if k not in keys:
-            keys.append(k)
+    keys = _keys(rows)
     fig, ax = plt.subplots(figsize=(max(6, len(keys) * 1.4), 4))
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     width = 0.8 / len(variants)
@@ -333,13 +327,8 @@ def chart(rows, path):
             if h:
                 b.set_hatch("//")
                 b.set_alpha(0.5)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(keys))],
-                  [f"{n} {'×'.join(map(str, s))}" for n, s in keys], rotation=20, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per full Hessian (median; hatched = extrapolated)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_bar_chart(fig, ax, [f"{n} {'×'.join(map(str, s))}" for n, s in keys], width,
+                    "ms per full Hessian (median; hatched = extrapolated)", path, rotation=20)
 
 
 def main():

@@ -183,9 +183,15 @@ def chart(rows, path):
     width = 0.8 / len(keys)
     for i, (key, label) in enumerate(keys):
         ax.bar([x + i * width for x in range(len(rows))], [r.get(key, 0) for r in rows], width, label=label)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], [r["op"] for r in rows], rotation=30, ha="right")
+    _save_bar_chart(fig, ax, [r["op"] for r in rows], width, "ms (median, log scale; missing bar = skipped)",
+                    path, rotation=30)
+
+
+def _save_bar_chart(fig, ax, labels, width, ylabel, path, rotation):
+    """Group labels under bars of `width` per series, a log time axis, a legend; save as PNG."""
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=rotation, ha="right")
     ax.set_yscale("log")
-    ax.set_ylabel("ms (median, log scale; missing bar = skipped)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

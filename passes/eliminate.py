@@ -179,6 +179,7 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
     outer_cond = simplify(dom.outer_cond)
     # Loop extents cannot read tensors (create_prim_func fails), so data-dependent outer atoms
     # stay a select outside the sum.
+    on_data = [a for a in conjuncts(outer_cond) if reads(a)]
     index_cond = conjunction([a for a in conjuncts(outer_cond) if not reads(a)]) if axes else TRUE
     if not is_const(index_cond, True):
         # Where the outer condition fails, shrink the axes to one (masked) point: the reduction
@@ -188,7 +189,7 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
         # init, which would leave its output unwritten.
         axes = [(k, tirx.Select(index_cond, ext, tirx.const(1, str(ext.ty.dtype)))) for k, ext in axes]
         body = tirx.Select(index_cond, body, tirx.const(0, str(body.ty.dtype)))
-        outer_cond = conjunction([a for a in conjuncts(outer_cond) if reads(a)])
+        outer_cond = conjunction(on_data)
     return Term(outer_cond, tuple(axes), simplify(body))
 
 

@@ -149,19 +149,19 @@ class EdgeBuilder:
         """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor.  One linear
         index rather than one per axis: the equation reads tensor data, so no solver can use it
         anyway, and the forward reduction carries one value less per axis."""
-        key = (op, v)
-        if key not in self._argmax:
-            self._argmax[key] = _arg_extremum(op, v)
-        lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
-        return lin == self._argmax[key](*[iv.var for iv in op.axis])
+        return self._at_position(op, v, lambda: _arg_extremum(op, v))
 
     def _is_selected(self, op: te.ComputeOp):
         """[k == k*(i)] for a selection combiner, in op's variables (like `_is_arg_extremum`)."""
-        key = (op, "selected")
-        if key not in self._argmax:
-            self._argmax[key] = _selected_position(op)
+        return self._at_position(op, "selected", lambda: _selected_position(op))
+
+    def _at_position(self, op: te.ComputeOp, key, position: Callable[[], te.Tensor]):
+        """[linear index of k == P[i]] for the forward position tensor P that `position()` builds
+        (once per (op, key))."""
+        if (op, key) not in self._argmax:
+            self._argmax[(op, key)] = position()
         lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
-        return lin == self._argmax[key](*[iv.var for iv in op.axis])
+        return lin == self._argmax[(op, key)](*[iv.var for iv in op.axis])
 
     def _product_of_others(self, op: te.ComputeOp, v: int):
         """Π_{k' ≠ k} s_v(i, k') in op's variables (see the module docstring)."""

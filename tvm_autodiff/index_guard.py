@@ -56,10 +56,11 @@ def guard_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """func with every risky load index behind an opaque cast (see the module docstring).  `build`
     applies it; apply it yourself before `tvm.compile` on a gradient you scheduled by hand."""
     def guard(load):
-        if not any(risky(i) for i in load.indices):
+        flags = [risky(i) for i in load.indices]
+        if not any(flags):
             return load
         return tirx.BufferLoad(load.source, [
-            tirx.call_intrin(str(i.ty.dtype), "tirx.reinterpret", i) if risky(i) else i
-            for i in load.indices])
+            tirx.call_intrin(str(i.ty.dtype), "tirx.reinterpret", i) if flag else i
+            for i, flag in zip(load.indices, flags)])
 
     return tvm_ffi.structural_map(func, (tvm.ir.TensorLoad, guard))
