@@ -4,5 +4,6 @@ The passes know nothing about differentiation: they rewrite any TE graph whose r
 over regions where the summand is zero (`select(c, v, 0)`), keeping every value unchanged.
 """
 from .eliminate import eliminate_reduction, eliminate_zeros
+from .factor import hoist_factors
 
-__all__ = ["eliminate_reduction", "eliminate_zeros"]
+__all__ = ["eliminate_reduction", "eliminate_zeros", "hoist_factors"]

@@ -52,7 +52,7 @@ def _cast(e, dtype: str):
     return e if str(e.ty.dtype) == dtype else tirx.Cast(dtype, e)
 
 
-def _key(e, names: TensorMap):
+def structural_key(e, names: TensorMap):
     """A structural key for e, with tensor reads renamed (TVM cannot hash te.Tensor)."""
     def canon(c):
         if is_load(c):
@@ -114,7 +114,7 @@ def split_terms(source) -> list[tuple[list, object]]:
     for m in monomials(source):
         nz = nonzero(m)
         for atoms in disjoint_dnf(nz.cond):
-            key = _key(tirx.all(*atoms) if atoms else TRUE, names)
+            key = structural_key(tirx.all(*atoms) if atoms else TRUE, names)
             if key in groups:
                 groups[key] = (atoms, groups[key][1] + nz.value)
             else:
@@ -147,15 +147,16 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
     remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
                   for t in (sol.fresh if sol else ())]
     cond = substitute(tirx.all(*conds) if conds else TRUE, sub)
-    value = substitute(value, sub)
     dom = reduction_domain(remaining, outer, cond)
     if dom.empty:
         return None
     if _unbounded(dom, outer):
         # A fresh variable whose real bounds sit in atoms isl cannot read (e.g. select window
-        # bounds): its box is the solver's placeholder range.  Keep the term as it came.
+        # bounds, or a select extent): its box is the solver's placeholder range.  Keep the
+        # term as it came, in the original reduce variables.
         return Term(TRUE, tuple((v, ext) for v, _, ext in red),
                     _in_original_box(atoms, value, red))
+    value = substitute(value, sub)
     deskew, axes = {}, []
     for bound in dom.axes:
         extent = simplify(bound.extent)
@@ -286,12 +287,15 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
     return [tirx.const(0, dtype) if total is None else total]
 
 
-def eliminate_zeros(tensors, scatter: bool = True):
+def eliminate_zeros(tensors, scatter: bool = True, ops=None):
     """The graph of `tensors` (a tensor or a list) with every sum reduction rewritten by
     `eliminate_reduction`.  Values are unchanged; ops that do not change (and the subgraphs below
     them) stay the same objects, and tensors shared by several outputs stay shared.
-    `scatter=False` keeps data-dependent gathers' adjoints as (differentiable) reductions."""
+    `scatter=False` keeps data-dependent gathers' adjoints as (differentiable) reductions;
+    `ops`, if given, limits the rewrite to those ops."""
     single = isinstance(tensors, te.Tensor)
+    only = None if ops is None else set(ops)
     out, _ = rebuild([tensors] if single else list(tensors),
-                     lambda op, bodies: eliminate_reduction(op, bodies, scatter))
+                     lambda op, bodies: eliminate_reduction(op, bodies, scatter)
+                     if only is None or op in only else None)
     return out[0] if single else out

@@ -207,12 +207,16 @@ def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = Non
 
 
 def _eliminate_zeros(grads, adjoints, adjoint_summands, scatter):
-    """Zero elimination over every tensor of the result at once, so shared adjoints stay shared."""
+    """Zero elimination and factor hoisting over every tensor of the result at once, so shared
+    adjoints stay shared.  Hoisting can turn sums over Kronecker deltas into sums that a second
+    elimination round removes (the bracket moves into the hoisted sum's own body)."""
     from .passes import eliminate_zeros  # the passes import this package's graph utilities
+    from .passes.factor import hoist
 
     everything = grads + list(adjoints.values()) + [s for per in adjoint_summands.values()
                                                     for s in per.values()]
-    optimized = TensorMap(zip(everything, eliminate_zeros(everything, scatter)))
+    hoisted, rewritten = hoist(eliminate_zeros(everything, scatter))
+    optimized = TensorMap(zip(everything, eliminate_zeros(hoisted, scatter, ops=rewritten)))
     return ([optimized[g] for g in grads],
             TensorMap((t, optimized[a]) for t, a in adjoints.items()),
             TensorMap((t, TensorMap((c, optimized[s]) for c, s in per.items()))
