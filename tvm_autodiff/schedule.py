@@ -678,7 +678,8 @@ def _matmul_tile(rows: int, cols: int, vec: int) -> Optional[tuple[int, int, int
 def _hoisted_factor(stmt, buffer_map):
     """For a top-level loop nest around a sum-reduction block C[.., j] += a * b, where `a` does
     not depend on the output's last index j and is expensive (an exp/log, or three or more
-    loads: an elementwise gradient that differentiation inlined into a matmul), the statements
+    loads: an elementwise gradient that differentiation inlined into a matmul) or reads b's
+    buffer, the statements
     [F = a over a's own iterators, the block reading F instead of a] plus F's buffer; else None.
     Inlined, `a` would be recomputed for every tile of j columns in the register-tiled plan; as
     its own block it is computed once per element, vectorized."""
@@ -712,19 +713,24 @@ def _hoisted_factor(stmt, buffer_map):
     if uses_j.count(True) != 1:
         return None
     a, b = (rhs.b, rhs.a) if uses_j[0] else (rhs.a, rhs.b)
-    loads = _loads(a)
-    if (not (_has_expensive_call(a) or len(loads) >= 3) or any(l.source.same_as(out) for l in loads)
-            or not _loads(b)):
+    loads, b_loads = _loads(a), _loads(b)
+    # Reading b's buffer too (Xᵀ·diag(s)·X) keeps the plan from packing b's column panel alone.
+    aliased = any(l.source.same_as(m.source) for l in loads for m in b_loads)
+    if (not (_has_expensive_call(a) or len(loads) >= 3 or aliased)
+            or any(l.source.same_as(out) for l in loads) or not b_loads):
         return None
     used = [iv for iv in block.iter_vars if _uses(a, iv.var)]
     if not used:
         return None
-    # F's last dimension: the iterator that indexes other than the last dimension of the fewest
+    # F's last dimension: a reduction iterator, so that each row of the matmul's register tile
+    # streams F contiguously (in a plan with many column tiles, F is read once per tile and
+    # written once); then the iterator that indexes other than the last dimension of the fewest
     # loads in `a` (then of the most loads in the last dimension), so that the block computing
     # F reads contiguously along it.
     def rank(iv):
         strided = sum(any(_uses(x, iv.var) for x in l.indices[:-1]) for l in loads)
-        return (-strided, sum(bool(l.indices) and _uses(l.indices[-1], iv.var) for l in loads))
+        return (iv.iter_type == tirx.IterVar.CommReduce, -strided,
+                sum(bool(l.indices) and _uses(l.indices[-1], iv.var) for l in loads))
 
     inner = max(used, key=rank)
     used = [iv for iv in used if not iv.same_as(inner)] + [inner]
@@ -850,8 +856,11 @@ def _cpu_matmul_plan(info: _BlockInfo):
         depth = math.prod(_const_extent(s, l) or 0 for l in reduction)
         tiles = math.prod(_const_extent(s, l) or 0 for l in outer[:-1])
         elem_bytes = tvm.runtime.DataType(str(dtype)).bits // 8
+        # (Not when the rows operand reads the same buffer, as in Xᵀ·diag(s)·X: the cache would
+        # copy all of it per column tile.)
         if (len(along_j) == 1 and depth * tc * elem_bytes > _L1_BYTES and rows // tr >= 4
-                and tiles >= _MIN_PACKED_TILES):
+                and tiles >= _MIN_PACKED_TILES
+                and not any(l.source.same_as(along_j[0].source) for l in along_i)):
             pfused = s.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
             s.parallel(pfused)
             fused = io
