@@ -158,28 +158,30 @@ class _Hoister:
     def hoist(self, op: te.ComputeOp, body, read_inlined: bool) -> Optional[te.Tensor]:
         axes = [iv.var for iv in op.axis]
         dtype = str(body.ty.dtype)
+        if not isinstance(body, tirx.Reduce) and read_inlined and _cheap(body) and _nodes(body) <= _INLINE_NODES:
+            return self.replace(op, body)
+        if not dtype.startswith(("float", "bfloat")):
+            return None   # only real arithmetic is worth it (and a bool product is no Mul)
         if isinstance(body, tirx.Reduce):
             if (component_kind(body.combiner, 0) != "sum" or not is_const(body.condition, True)
                     or len(body.init)):
                 return None
-            rvars = {rv.var for rv in body.axis}
             # Axes in a reduce range stay: the range is evaluated per output point.
-            fixed = rvars | {v for rv in body.axis for v in free_vars(rv.dom.min) | free_vars(rv.dom.extent)}
+            fixed = {v for rv in body.axis for v in {rv.var} | free_vars(rv.dom.min) | free_vars(rv.dom.extent)}
             dropped, f, g = split_factors(product(body.source[0]), axes, fixed)
-            if not dropped:
-                return None
-            core = self.core(op, axes, dropped, lambda vmap: _resum(body, g.expr(dtype), vmap))
+            make = lambda vmap: _resum(body, g.expr(dtype), vmap)   # noqa: E731
         else:
-            if read_inlined and _cheap(body) and _nodes(body) <= _INLINE_NODES:
-                return self.replace(op, body)
             dropped, f, g = split_factors(product(body), axes, set())
-            if not dropped or _cheap(g.expr(dtype)):
-                return None
-            core = self.core(op, axes, dropped, lambda vmap: substitute(g.expr(dtype), vmap))
-        return self.replace(op, f.expr(dtype) * core)
+            if _cheap(g.expr(dtype)):
+                return None   # T is cheap as it is; a core would only be another copy
+            make = lambda vmap: substitute(g.expr(dtype), vmap)   # noqa: E731
+        # F is recomputed wherever T is read, so it must stay small.
+        if not dropped or _nodes(f.expr(dtype)) > _INLINE_NODES:
+            return None
+        return self.replace(op, f.expr(dtype) * self.core(op, dropped, make))
 
-    def core(self, op: te.ComputeOp, axes: list, dropped: set, fbody):
-        """The load T'[u] of the tensor T' over op's axes without `dropped`, T'[u] = fbody."""
+    def core(self, op: te.ComputeOp, dropped: set, fbody):
+        """The load T'[u] of the tensor T' over op's axes without `dropped`, T'[u] = fbody(u)."""
         kept = [iv for iv in op.axis if iv.var not in dropped]
         core = make_compute(f"{op.name}_core", [iv.dom.extent for iv in kept],
                             lambda *u: fbody(dict(zip([iv.var for iv in kept], u))))

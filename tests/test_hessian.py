@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm_ffi
 from tvm import te, tirx, topi
+from tvm.ir import Call
 
 import tvm_autodiff as ad
 from tvm_autodiff.graph import ops_post_order, placeholders, same_tensor
@@ -363,6 +365,12 @@ def _computed(H):
     return H, out
 
 
+def _calls(e, name: str) -> bool:
+    found = []
+    tvm_ffi.structural_walk(e, (Call, lambda c: found.append(c) if getattr(c.op, "name", "") == name else None))
+    return bool(found)
+
+
 def _big(H, computed, ndim):
     """Materialized tensors with at least `ndim` dims other than H and its additive terms (zero
     elimination gives each term of a sum with different conditions a tensor of H's shape)."""
@@ -381,6 +389,10 @@ def test_logistic_regression_hessian_is_one_reduction():
     assert _big(H, computed, 3) == []
     wk = ad.work(H)
     assert wk.iterations <= n * d * d + 4 * n * d + n, ad.explain(H)
+    # Factor hoisting: the weight s(1−s) is computed once per sample, not per (feature, sample).
+    exps = {op.name: int(np.prod([int(s) for s in op.output(0).shape])) for op in ops_post_order([H])
+            if isinstance(op, te.ComputeOp) and _calls(op.body[0], "tirx.exp")}
+    assert exps and max(exps.values()) <= n, exps
 
 
 def test_matrix_factorization_hessian_is_compact():

@@ -9,7 +9,7 @@ from typing import Sequence
 import tvm
 from tvm import te
 
-from . import passes
+from . import passes, schedule
 from .build import Compiled, build, compile_ptx
 from .errors import DifferentiationError
 from .index_guard import guard_indices
@@ -43,6 +43,7 @@ def hessian(output: te.Tensor, input: te.Tensor, input2: te.Tensor | None = None
 
 tvm.differentiate = differentiate
 te.gradient = gradient
+schedule.use_all_cores()
 
 __all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "guard_indices", "hessian",
            "jacobian", "passes", "work"]

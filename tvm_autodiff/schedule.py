@@ -37,6 +37,16 @@ def host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def use_all_cores() -> None:
+    """Give TVM's CPU thread pool one thread per core this process may use (unless the user set
+    TVM_NUM_THREADS).  TVM's default halves the logical CPU count on x86 to skip hyper-threads,
+    which on a VM with one thread per core (a 2-vCPU cloud box) leaves every parallel loop on one
+    core.  The pool reads the variable when it starts, at the first parallel kernel."""
+    import psutil
+    physical = psutil.cpu_count(logical=False) or host_cores()
+    os.environ.setdefault("TVM_NUM_THREADS", str(max(1, min(host_cores(), physical))))
+
+
 def cpu_target(num_cores: Optional[int] = None, **attrs) -> tvm.target.Target:
     """llvm target for this host: the real CPU name (`mcpu="native"` is not resolved by TVM 0.27)
     and `num-cores`, which meta_schedule requires and the parallel runtime uses."""
