@@ -1,7 +1,9 @@
 """Zero elimination and domain passes for TE tensors (installed as `tvm_autodiff.passes`).
 
 The passes know nothing about differentiation: they rewrite any TE graph whose reductions sum
-over regions where the summand is zero (`select(c, v, 0)`), keeping every value unchanged.
+over regions where the summand is zero (`select(c, v, 0)`), and take factors that only some axes
+read out of tensors that would otherwise carry those axes (`hoist_factors`), keeping every value
+unchanged.
 """
 from .eliminate import eliminate_reduction, eliminate_zeros
 from .factor import hoist_factors
