@@ -30,6 +30,7 @@ from tvm_autodiff.reductions import component_kind, substitute
 from . import linsolve
 from .domain import reduction_domain
 from .nonzero import TRUE, conjunction, conjuncts, disjoint_dnf, is_const, monomials, nonzero
+from .padding import padded_window
 from .scatter import free_vars, reads, scatter_add, scatter_atom
 
 # Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
@@ -146,6 +147,11 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
     remaining = [(v, lo, ext) for v, lo, ext in red if v not in sub]
     remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
                   for t in (sol.fresh if sol else ())]
+    padded = padded_window([substitute(a, sub) for a in conds], substitute(value, sub), outer, remaining)
+    if padded is not None:
+        body, box = padded
+        shift = {v: v + lo for v, lo, _ in box if not is_const(lo, 0)}
+        return Term(TRUE, tuple((v, ext) for v, _, ext in box), simplify(substitute(body, shift)))
     cond = substitute(tirx.all(*conds) if conds else TRUE, sub)
     dom = reduction_domain(remaining, outer, cond)
     if dom.empty:

@@ -129,15 +129,16 @@ def test_variable_extent_reduction():
 
 
 def test_window_reduction_flattened():
-    """A stride-1 conv's input gradient: zero elimination gives window reductions whose extents
+    """A stride-1 conv's input gradient with a kernel large for its image (zero-padding the head
+    would more than 4-fold it, so zero elimination keeps exact windows): reductions whose extents
     are min/max of the output index (nested blocks).  The default CPU schedule flattens them into
     padded, guarded reductions, split along the last axis into edges and a guard-free interior
     that is vectorized; every region must agree with the unscheduled build."""
     from tvm_autodiff.schedule import block_infos
 
-    x, w = te.placeholder((2, 3, 13, 11), name="X"), te.placeholder((4, 3, 3, 2), name="W")
+    x, w = te.placeholder((2, 3, 9, 20), name="X"), te.placeholder((4, 3, 7, 6), name="W")
     y = topi.nn.conv2d(x, w, strides=1, padding=0, dilation=1)
-    check(y, [x, w], {x: rand(2, 3, 13, 11), w: rand(4, 3, 3, 2)})
+    check(y, [x, w], {x: rand(2, 3, 9, 20), w: rand(4, 3, 7, 6)})
     head = te.placeholder(y.shape, name="H")
     (dx,) = ad.differentiate(y, [x], head=head)
     func = build(dx, [x, w, head]).func

@@ -26,6 +26,7 @@ from tvm.ir import Call
 import tvm_autodiff as ad
 from gradcheck import make_values, normal, run_poisoned
 from test_ops import CASES
+from tvm_autodiff.counting import op_iterations
 from tvm_autodiff.graph import ops_post_order, placeholders
 from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
 from tvm_autodiff.passes.eliminate import ceil_divisions, reduce_term, split_terms
@@ -616,3 +617,36 @@ def test_bug_eliminate_zeros_twice_leaks_unbounded_axis():
     H = te.placeholder(Y.shape, F64, name="H")
     (dX,) = ad.differentiate(Y, [X], head=H)
     assert ad.work(eliminate_zeros(dX)).iterations <= ad.work(dX).iterations
+
+
+# -- padding.py ------------------------------------------------------------------------------------
+
+
+def _pad_tensors(tensors) -> list:
+    return [op.name for op in ops_post_order(tensors) if op.name.endswith("_pad")]
+
+
+def test_padded_window_is_a_fixed_box_over_a_zero_padded_head():
+    """LeNet's second conv (5x5 on 12x12): the input gradient sums over the whole 16·5·5 box of
+    a zero-padded head instead of windows with min/max extents; same values as the naive
+    gradient, and the work is exactly |dX|·box."""
+    X, W = te.placeholder((2, 6, 12, 12), F64, name="X"), te.placeholder((4, 6, 5, 5), F64, name="W")
+    Y = topi.nn.conv2d(X, W, strides=1, padding=0, dilation=1)
+    naive, (dX,) = _differential(Y, [X])
+    assert _pad_tensors([dX]) == ["H_pad"]
+    reduction = [op for op in ops_post_order([dX]) if isinstance(op, te.ComputeOp)
+                 and isinstance(op.body[0], tirx.Reduce)]
+    assert len(reduction) == 1
+    assert all(isinstance(rv.dom.extent, tirx.IntImm) for rv in reduction[0].body[0].axis)
+    assert op_iterations(reduction[0]) == 2 * 6 * 12 * 12 * 4 * 5 * 5
+
+
+@pytest.mark.parametrize("xs,ws,stride", [
+    ((1, 2, 10, 10), (3, 2, 3, 3), 2),     # the stride's phase condition on the output
+    ((1, 2, 9, 20), (3, 2, 7, 6), 1),      # padding the 3x15 head would 8-fold it
+])
+def test_padded_window_declines(xs, ws, stride):
+    X, W = te.placeholder(xs, F64, name="X"), te.placeholder(ws, F64, name="W")
+    Y = topi.nn.conv2d(X, W, strides=stride, padding=0, dilation=1)
+    _, (dX,) = _differential(Y, [X])
+    assert _pad_tensors([dX]) == []

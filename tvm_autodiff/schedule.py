@@ -25,6 +25,8 @@ from tvm.s_tir import dlight
 _EXPENSIVE = {"tirx.exp", "tirx.log", "tirx.pow", "tirx.tanh", "tirx.sigmoid", "tirx.sqrt",
               "tirx.rsqrt", "tirx.erf", "tirx.exp2", "tirx.log2", "tirx.log1p", "tirx.fmod"}
 _GPU_THREADS = 256
+# Reads per element beyond which a producer with selects or gathers stays a block of its own.
+_MAX_REREADS = 4
 # Longest output row (elements) kept whole inside a reduction's loop nest (see _cpu_plan).
 _ROW_LIMIT = 256   # threads per block for blocks that dlight leaves unbound
 # What a primitive that does not apply raises: ScheduleError (a RuntimeError), TVM's
@@ -81,6 +83,7 @@ class _BlockInfo:
         self.is_reduction = any(iv.iter_type == tirx.IterVar.CommReduce for iv in self.iter_vars)
         self.has_init = block.init is not None
         self.expensive = _has_expensive_call(block.body)
+        self.copy_like = _is_copy_like(block.body)
         self.negative_div = _has_negative_divisor(realize)
 
     @property
@@ -112,6 +115,17 @@ def _has_negative_divisor(stmt) -> bool:
         return None
 
     return tvm_ffi.structural_walk(stmt, [(tirx.FloorDiv, visit), (tirx.FloorMod, visit)]) is not None
+
+
+def _is_copy_like(stmt) -> bool:
+    """At most two loads and plain arithmetic: no select, no integer division (the gathers of a
+    pooling gradient), so recomputing it per read costs about what reading a copy would."""
+    branchy = tvm_ffi.structural_walk(stmt, [
+        (tirx.Select, lambda _: tvm_ffi.VisitInterrupt(True)),
+        (tirx.FloorDiv, lambda _: tvm_ffi.VisitInterrupt(True)),
+        (tirx.FloorMod, lambda _: tvm_ffi.VisitInterrupt(True)),
+        (Call, lambda c: tvm_ffi.VisitInterrupt(True) if c.op.name == "tirx.if_then_else" else None)])
+    return branchy is None and len(_loads(stmt)) <= 2
 
 
 def _has_expensive_call(stmt) -> bool:
@@ -214,12 +228,15 @@ def inline_injective(sch: s_tir.Schedule) -> s_tir.Schedule:
 
         def plan(s, info=info):
             block = s.get_sblock(info.name)
-            if info.expensive:
-                # Recomputing exp/log per read is only free when each element is read once.
-                for c in s.get_consumers(block):
-                    cv, pv = volumes.get(s.get(c).name_hint), info.volume()
-                    if cv is None or pv is None or cv > pv:
-                        raise ValueError("expensive producer read more than once per element")
+            for c in s.get_consumers(block):
+                cv, pv = volumes.get(s.get(c).name_hint), info.volume()
+                # Recomputing exp/log per read is only free when each element is read once;
+                # selects and gathers (a zero-padded pooling adjoint feeding a window sum that
+                # reads each element K² times) only when read a few times.
+                if info.expensive and (cv is None or pv is None or cv > pv):
+                    raise ValueError("expensive producer read more than once per element")
+                if not info.copy_like and cv is not None and pv is not None and cv > _MAX_REREADS * pv:
+                    raise ValueError("branchy producer read many times per element")
             s.compute_inline(block)
 
         sch = _try(sch, plan)

@@ -1,0 +1,148 @@
+"""Window sums over a zero-padded tensor instead of shrunken, outer-dependent ranges.
+
+The adjoint of a window read (a convolution's input gradient, a stride-1 pool's) is, after the
+index equations are solved,
+
+    Y[k] = Σ_{r ∈ [0, R)} [0 ≤ k − r < N] · T[k − r] · W[r]
+
+where the bracket only says that the read T[k − r] is in bounds.  Shrinking r's range to
+[max(0, k − N + 1), min(R − 1, k)] makes the loop bounds depend on k, which no schedule
+vectorizes without guards.  Padding T with zeros is the other exact rewrite:
+
+    Y[k] = Σ_{r ∈ [0, R)} Tp[k − r + p] · W[r],     Tp[q] = [p ≤ q < N + p] · T[q − p]
+
+a fixed box over an affine read: the "full convolution" that frameworks use for the input
+gradient.  It does the box's work instead of the windows' (for a kernel R on N outputs, (N + R −
+1)·R instead of N·R per axis), so it is taken only where that overhead is small.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import tvm
+import tvm_ffi
+from tvm import sym, te, tirx
+from tvm.ir import Call
+
+from tvm_autodiff.graph import is_load, make_compute, same_tensor
+
+from .nonzero import is_const, same
+from .scatter import free_vars, reads
+
+# Largest padded/unpadded volume of the padded tensor: bounds the box's extra work (the windows
+# of a 5x5 kernel on a 12x12 gradient pad 8x8 to 16x16, ratio 4).
+MAX_PAD_RATIO = 4.0
+# Longest box side: beyond a window's few taps the exact shrunken ranges are worth their guards.
+_MAX_EXTENT = 64
+
+
+def _bound(atom) -> Optional[tuple[object, str, object]]:
+    """(e, 'lo', b) for e >= b, (e, 'hi', b) for e < b, in any of TIR's spellings; else None."""
+    if isinstance(atom, tirx.GE):
+        return atom.a, "lo", atom.b
+    if isinstance(atom, tirx.LE):
+        return atom.b, "lo", atom.a
+    if isinstance(atom, tirx.LT):
+        return atom.a, "hi", atom.b
+    if isinstance(atom, tirx.GT):
+        return atom.b, "hi", atom.a
+    return None
+
+
+def _in_bounds(atom, load) -> bool:
+    """Whether atom is 0 <= idx_d or idx_d < shape_d for an index idx_d of load."""
+    bound = _bound(atom)
+    if bound is None:
+        return False
+    e, side, b = bound
+    if reads(e):
+        return False
+    for idx, ext in zip(load.args[1:], load.args[0].shape):
+        if same(e, idx):
+            return is_const(b, 0) if side == "lo" else same(b, ext) or (
+                isinstance(b, tirx.IntImm) and isinstance(ext, tirx.IntImm) and b.value == ext.value)
+    return False
+
+
+def _box(atoms: list, red: list) -> tuple[dict, list]:
+    """({var: (lo, hi)} for the reduce variables, tightened by the atoms that bound one of them by
+    a constant; the other atoms)."""
+    box = {v: (lo.value, lo.value + ext.value) for v, lo, ext in red
+           if isinstance(lo, tirx.IntImm) and isinstance(ext, tirx.IntImm)}
+    rest = []
+    for a in atoms:
+        bound = _bound(a)
+        if bound is None or not isinstance(bound[2], tirx.IntImm) or not any(bound[0].same_as(v) for v in box):
+            rest.append(a)
+            continue
+        v = next(v for v in box if bound[0].same_as(v))
+        lo, hi = box[v]
+        box[v] = (max(lo, bound[2].value), hi) if bound[1] == "lo" else (lo, min(hi, bound[2].value))
+    return box, rest
+
+
+def _unit_steps(idx, vars: list) -> bool:
+    """idx is affine in vars with coefficients 0 or ±1 (a plain, undilated window)."""
+    coefs = list(sym.detect_linear_equation(idx, vars))
+    return bool(coefs) and all(isinstance(c, tirx.IntImm) and abs(c.value) <= 1 for c in coefs[:-1])
+
+
+def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[object, list]]:
+    """(value', box) with Σ_{red} [∧ atoms] · value == Σ_{box} value' when, besides constant
+    bounds on single reduce variables (which make the box) and conditions that the output's own
+    ranges imply, every atom is an in-bounds check of one read T[idx] of value; value' reads the
+    zero-padded Tp instead.  None when the atoms say more, when a range or T's shape is not
+    constant, or when padding would more than MAX_PAD_RATIO-fold T.
+
+    outer, red: [(var, min, extent)] (red may hold the solver's unbounded fresh variables);
+    box: [(var, min, extent)] with constant bounds."""
+    if not all(isinstance(x, tirx.IntImm) for _, lo, ext in outer for x in (lo, ext)):
+        return None
+    bounds, atoms = _box(atoms, red)
+    if len(bounds) != len(red) or any(hi - lo > _MAX_EXTENT or hi <= lo for lo, hi in bounds.values()):
+        return None
+    red_vars = {v for v, _, _ in red}
+    on_red = [a for a in atoms if free_vars(a) & red_vars]
+    outer_atoms = [a for a in atoms if not free_vars(a) & red_vars]
+    loads = []
+    tvm_ffi.structural_walk(value, (Call, lambda c: loads.append(c) if is_load(c) else None))
+    if not on_red:
+        return None
+    load = next((l for l in loads if _in_bounds(on_red[0], l)), None)
+    if load is None or not all(_in_bounds(a, load) for a in on_red):
+        return None
+    tensor = load.args[0]
+    if sum(same_tensor(l.args[0], tensor) for l in loads) != 1:
+        return None   # another read of T would not be guarded by these atoms
+    box = [(v, tirx.const(bounds[v][0], str(v.ty.dtype)), tirx.const(bounds[v][1] - bounds[v][0], str(v.ty.dtype)))
+           for v, _, _ in red]
+    shape = [int(s) for s in tensor.shape]
+    ana = sym.Analyzer()
+    for v, lo, ext in outer + box:
+        ana.bind(v, tvm.ir.Range.from_min_extent(lo, ext))
+    pads = []
+    for idx, n in zip(load.args[1:], shape):
+        b = ana.const_int_bound(idx)
+        pads.append((max(0, -b.min_value), max(0, b.max_value - (n - 1))))
+        if pads[-1] != (0, 0) and not _unit_steps(idx, [v for v, _, _ in box]):
+            # A dilated window: the issue-3 work target (≤ 3x forward for dilated convs on
+            # 10x10) holds for the exact ranges only.
+            return None
+    padded = [n + lo + hi for n, (lo, hi) in zip(shape, pads)]
+    if not any(lo or hi for lo, hi in pads) or math.prod(padded) > MAX_PAD_RATIO * math.prod(shape):
+        return None
+    if not all(ana.can_prove(a) for a in outer_atoms):
+        # A condition on the output alone (the phase of a strided window) would leave the box
+        # summed where it fails; the exact path shrinks the sum to a point there.
+        return None
+
+    def body(*q):
+        inside = [tirx.all(x >= lo, x < lo + n) for x, n, (lo, hi) in zip(q, shape, pads) if lo or hi]
+        src = tensor(*[x - lo for x, (lo, _) in zip(q, pads)])
+        return tirx.Select(tirx.all(*inside), src, tirx.const(0, str(tensor.dtype))) if inside else src
+
+    tp = make_compute(f"{tensor.op.name}_pad", padded, body)
+    new_load = tp(*[idx + lo for idx, (lo, _) in zip(load.args[1:], pads)])
+    value = tvm_ffi.structural_map(value, (Call, lambda c: new_load if c.same_as(load) else c))
+    return value, box
