@@ -22,7 +22,7 @@ from typing import Optional
 
 import tvm
 import tvm_ffi
-from tvm import sym, te, tirx
+from tvm import sym, tirx
 from tvm.ir import Call
 
 from tvm_autodiff.graph import is_load, make_compute, same_tensor
@@ -63,6 +63,15 @@ def _in_bounds(atom, load) -> bool:
             return is_const(b, 0) if side == "lo" else same(b, ext) or (
                 isinstance(b, tirx.IntImm) and isinstance(ext, tirx.IntImm) and b.value == ext.value)
     return False
+
+
+def _factors(e) -> list:
+    """Multiplicative factors of e: e is zero wherever one of them is."""
+    if isinstance(e, tirx.Mul):
+        return _factors(e.a) + _factors(e.b)
+    if isinstance(e, tirx.Select) and is_const(e.false_value, 0):
+        return _factors(e.true_value)
+    return [e]
 
 
 def _box(atoms: list, red: list) -> tuple[dict, list]:
@@ -115,6 +124,8 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
     tensor = load.args[0]
     if sum(same_tensor(l.args[0], tensor) for l in loads) != 1:
         return None   # another read of T would not be guarded by these atoms
+    if not any(f.same_as(load) for f in _factors(value)):
+        return None   # a zero read must zero the summand, as the bracket did (not exp(T[..]))
     box = [(v, tirx.const(bounds[v][0], str(v.ty.dtype)), tirx.const(bounds[v][1] - bounds[v][0], str(v.ty.dtype)))
            for v, _, _ in red]
     shape = [int(s) for s in tensor.shape]

@@ -650,3 +650,20 @@ def test_padded_window_declines(xs, ws, stride):
     Y = topi.nn.conv2d(X, W, strides=stride, padding=0, dilation=1)
     _, (dX,) = _differential(Y, [X])
     assert _pad_tensors([dX]) == []
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_padded_window_only_where_a_zero_read_zeroes_the_summand(linear):
+    """Y[k] = Σ_r [0 ≤ k − r < 4] · f(T[k − r]) · W[r]: padding T with zeros is exact for
+    f(t) = t, not for f = exp (exp(0) = 1 where the bracket said 0)."""
+    T, W = te.placeholder((4,), F64, name="T"), te.placeholder((3,), F64, name="W")
+    r = te.reduce_axis((0, 3), name="r")
+    f = (lambda t: t) if linear else te.exp
+    Y = te.compute((6,), lambda k: te.sum(tirx.Select(tirx.all(k - r >= 0, k - r < 4), f(T[k - r]) * W[r],
+                                                      tirx.const(0.0, F64)), axis=r), name="Y")
+    opt = eliminate_zeros(Y)
+    assert bool(_pad_tensors([opt])) == linear
+    fn = ad.build([Y, opt], [T, W], schedule=None)
+    rng = np.random.default_rng(0)
+    want, got = fn(rng.standard_normal(4), rng.standard_normal(3))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
