@@ -247,8 +247,10 @@ def test_softmax_cross_entropy_softmax_jacobian_of_gradient():
 
 
 def test_conv2d_sum_of_squares():
+    """d²/dx² and d²/dx dw go through the input gradient's padded window sums (padding.py) in
+    both passes."""
     L, x, w = conv_sq()
-    check_second(L, [(w, w), (x, w)])
+    check_second(L, [(w, w), (x, w), (x, x)])
 
 
 def _separated(rng, shape):
