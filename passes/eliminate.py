@@ -24,14 +24,14 @@ import tvm_ffi
 from tvm import sym, te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify
+from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify, structural_key
 from tvm_autodiff.reductions import component_kind, substitute
 
 from . import linsolve
 from .domain import reduction_domain
-from .nonzero import TRUE, conjunction, conjuncts, disjoint_dnf, is_const, monomials, nonzero
+from .nonzero import TRUE, conjunction, conjuncts, disjoint_dnf, is_const, monomials, nonzero, same
 from .padding import padded_window
-from .scatter import free_vars, reads, scatter_add, scatter_atom
+from .scatter import free_vars, loads_only, reads, scatter_add, scatter_atom
 
 # Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
 # of the variables they replace.  This only has to be larger than any tensor extent, and twice
@@ -53,17 +53,6 @@ def _cast(e, dtype: str):
     return e if str(e.ty.dtype) == dtype else tirx.Cast(dtype, e)
 
 
-def structural_key(e, names: TensorMap):
-    """A structural key for e, with tensor reads renamed (TVM cannot hash te.Tensor)."""
-    def canon(c):
-        if is_load(c):
-            if c.args[0] not in names:
-                names[c.args[0]] = f"t{len(names)}"
-            return tirx.call_pure_extern(str(c.ty.dtype), names[c.args[0]], *c.args[1:])
-        return c
-    return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
-
-
 def _sparse_body(t: te.Tensor, memo: dict):
     """t's body with its sparse reads inlined, when t is elementwise and sparse; else None.
 
@@ -79,13 +68,11 @@ def _sparse_body(t: te.Tensor, memo: dict):
     memo[op] = None
     if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or isinstance(op.body[0], tirx.Reduce):
         return None
-    calls = []
-    tvm_ffi.structural_walk(op.body[0], (Call, lambda c: calls.append(c)))
-    if any(not is_load(c) for c in calls):
+    if not loads_only(op.body[0]):
         return None
     body = _inline_sparse(op.body[0], memo)
     cond = nonzero(body).cond
-    reads_nothing = not any(is_load(c) for c in calls)
+    reads_nothing = not reads(op.body[0])
     # Only equalities of indices: one on tensor data (argmax[i] == k) says nothing about sparsity.
     delta = all(any(_is_index_eq(a) and not reads(a) for a in atoms) for atoms in disjoint_dnf(cond))
     if not is_const(cond, True) and (reads_nothing or delta):
@@ -231,13 +218,6 @@ def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:
     return make_compute(name, [iv.dom.extent for iv in op.axis], body)
 
 
-def _same(a, b) -> bool:
-    try:
-        return tvm_ffi.structural_equal(a, b)
-    except TypeError:   # reads of te.Tensor cannot be compared structurally
-        return False
-
-
 def _ceil_division(e):
     """(a + d - 1) // d if e is select(a % d == 0, a // d, a // d + 1) with a constant d > 0."""
     c, t, f = e.condition, e.true_value, e.false_value
@@ -247,7 +227,7 @@ def _ceil_division(e):
     if not (isinstance(d, tirx.IntImm) and d.value > 0 and isinstance(t, tirx.FloorDiv)
             and isinstance(f, tirx.Add) and is_const(f.b, 1) and isinstance(f.a, tirx.FloorDiv)):
         return e
-    if not all(_same(x.a, a) and _same(x.b, d) for x in (t, f.a)):
+    if not all(same(x.a, a) and same(x.b, d) for x in (t, f.a)):
         return e
     return tirx.floordiv(a + (d.value - 1), d)
 

@@ -30,12 +30,11 @@ import tvm_ffi
 from tvm import te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, compute_op, is_load, make_compute, rebuild
+from tvm_autodiff.graph import TensorMap, compute_op, is_load, make_compute, rebuild, structural_key
 from tvm_autodiff.reductions import component_kind, substitute
 
-from .eliminate import structural_key
 from .nonzero import conjunction, conjuncts, is_const
-from .scatter import free_vars
+from .scatter import free_vars, loads_only
 
 # Largest body (expression nodes) that is inlined into its consumers.
 _INLINE_NODES = 48
@@ -99,13 +98,6 @@ def product(e, names: Optional[TensorMap] = None) -> Product:
     return Product((), (e,))
 
 
-def _cheap(e) -> bool:
-    """Loads and arithmetic only: recomputing e per read costs no more than reading it."""
-    calls = []
-    tvm_ffi.structural_walk(e, (Call, lambda c: calls.append(c)))
-    return all(is_load(c) for c in calls)
-
-
 def _nodes(e) -> int:
     count = [0]
     tvm_ffi.structural_walk(e, (tvm.ir.Expr, lambda _: count.__setitem__(0, count[0] + 1)))
@@ -118,7 +110,7 @@ def split_factors(p: Product, axes: list, fixed: set) -> tuple[set, Product, Pro
     items = [(c, True) for c in p.conds] + [(v, False) for v in p.values]
     used = [free_vars(x) for x, _ in items]
     dropped = {v for v in axes if v not in fixed and
-               all(_cheap(x) and not (u & fixed) for (x, _), u in zip(items, used) if v in u)}
+               all(loads_only(x) and not (u & fixed) for (x, _), u in zip(items, used) if v in u)}
     f, g = ([], []), ([], [])
     for (x, is_cond), u in zip(items, used):
         side = f if u & dropped else g
@@ -158,7 +150,7 @@ class _Hoister:
     def hoist(self, op: te.ComputeOp, body, read_inlined: bool) -> Optional[te.Tensor]:
         axes = [iv.var for iv in op.axis]
         dtype = str(body.ty.dtype)
-        if not isinstance(body, tirx.Reduce) and read_inlined and _cheap(body) and _nodes(body) <= _INLINE_NODES:
+        if not isinstance(body, tirx.Reduce) and read_inlined and loads_only(body) and _nodes(body) <= _INLINE_NODES:
             return self.replace(op, body)
         if not dtype.startswith(("float", "bfloat")):
             return None   # only real arithmetic is worth it (and a bool product is no Mul)
@@ -169,16 +161,19 @@ class _Hoister:
             # Axes in a reduce range stay: the range is evaluated per output point.
             fixed = {v for rv in body.axis for v in {rv.var} | free_vars(rv.dom.min) | free_vars(rv.dom.extent)}
             dropped, f, g = split_factors(product(body.source[0]), axes, fixed)
-            make = lambda vmap: _resum(body, g.expr(dtype), vmap)   # noqa: E731
+            g_expr = g.expr(dtype)
+            make = lambda vmap: _resum(body, g_expr, vmap)   # noqa: E731
         else:
             dropped, f, g = split_factors(product(body), axes, set())
-            if _cheap(g.expr(dtype)):
+            g_expr = g.expr(dtype)
+            if loads_only(g_expr):
                 return None   # T is cheap as it is; a core would only be another copy
-            make = lambda vmap: substitute(g.expr(dtype), vmap)   # noqa: E731
+            make = lambda vmap: substitute(g_expr, vmap)   # noqa: E731
         # F is recomputed wherever T is read, so it must stay small.
-        if not dropped or _nodes(f.expr(dtype)) > _INLINE_NODES:
+        f_expr = f.expr(dtype)
+        if not dropped or _nodes(f_expr) > _INLINE_NODES:
             return None
-        return self.replace(op, f.expr(dtype) * self.core(op, dropped, make))
+        return self.replace(op, f_expr * self.core(op, dropped, make))
 
     def core(self, op: te.ComputeOp, dropped: set, fbody):
         """The load T'[u] of the tensor T' over op's axes without `dropped`, T'[u] = fbody(u)."""

@@ -27,6 +27,7 @@ from tvm.ir import Call
 
 from tvm_autodiff.graph import is_load, make_compute, same_tensor
 
+from .factor import product
 from .nonzero import is_const, same
 from .scatter import free_vars, reads
 
@@ -64,14 +65,6 @@ def _in_bounds(atom, load) -> bool:
                 isinstance(b, tirx.IntImm) and isinstance(ext, tirx.IntImm) and b.value == ext.value)
     return False
 
-
-def _factors(e) -> list:
-    """Multiplicative factors of e: e is zero wherever one of them is."""
-    if isinstance(e, tirx.Mul):
-        return _factors(e.a) + _factors(e.b)
-    if isinstance(e, tirx.Select) and is_const(e.false_value, 0):
-        return _factors(e.true_value)
-    return [e]
 
 
 def _box(atoms: list, red: list) -> tuple[dict, list]:
@@ -124,7 +117,7 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
     tensor = load.args[0]
     if sum(same_tensor(l.args[0], tensor) for l in loads) != 1:
         return None   # another read of T would not be guarded by these atoms
-    if not any(f.same_as(load) for f in _factors(value)):
+    if not any(f.same_as(load) for f in product(value).values):
         return None   # a zero read must zero the summand, as the bracket did (not exp(T[..]))
     box = [(v, tirx.const(bounds[v][0], str(v.ty.dtype)), tirx.const(bounds[v][1] - bounds[v][0], str(v.ty.dtype)))
            for v, _, _ in red]

@@ -30,6 +30,12 @@ def reads(e) -> list:
     return found
 
 
+def loads_only(e) -> bool:
+    """Whether every call in e is a tensor read: loads and arithmetic, nothing like exp."""
+    hit = tvm_ffi.structural_walk(e, (Call, lambda c: None if is_load(c) else tvm_ffi.VisitInterrupt(True)))
+    return hit is None
+
+
 def free_vars(e) -> set:
     found = set()
     tvm_ffi.structural_walk(e, (Var, lambda v: found.add(v)))

@@ -62,6 +62,17 @@ def is_load(e) -> bool:
     return isinstance(e, Call) and e.op.name == TENSOR_LOAD
 
 
+def structural_key(e, names: TensorMap):
+    """A structural key for e, with tensor reads renamed (TVM cannot hash te.Tensor)."""
+    def canon(c):
+        if is_load(c):
+            if c.args[0] not in names:
+                names[c.args[0]] = f"t{len(names)}"
+            return tirx.call_pure_extern(str(c.ty.dtype), names[c.args[0]], *c.args[1:])
+        return c
+    return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
+
+
 def ops_post_order(outputs: Iterable[te.Tensor]) -> list[te.Operation]:
     """Every op that `outputs` depend on, producers before consumers."""
     order: list[te.Operation] = []
