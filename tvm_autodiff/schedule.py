@@ -228,8 +228,9 @@ def inline_injective(sch: s_tir.Schedule) -> s_tir.Schedule:
 
         def plan(s, info=info):
             block = s.get_sblock(info.name)
+            pv = volumes[info.name]
             for c in s.get_consumers(block):
-                cv, pv = volumes.get(s.get(c).name_hint), info.volume()
+                cv = volumes.get(s.get(c).name_hint)
                 # Recomputing exp/log per read is only free when each element is read once;
                 # selects and gathers (a zero-padded pooling adjoint feeding a window sum that
                 # reads each element K² times) only when read a few times.
