@@ -20,7 +20,7 @@ import numpy as np
 from tvm import te, tirx
 
 import tvm_autodiff as ad
-from tvm_autodiff.graph import TensorMap, placeholders
+from tvm_autodiff.ir.graph import TensorMap, placeholders
 
 # -- input generators: gen(rng, shape, dtype) -> array ---------------------------------------------
 
@@ -70,7 +70,7 @@ def concrete_shape(t: te.Tensor, sizes: Mapping) -> tuple:
             out.append(int(d))
         else:
             from tvm import sym
-            from tvm_autodiff.reductions import substitute
+            from tvm_autodiff.ir.expr import substitute
             e = sym.Analyzer().simplify(substitute(d, {v: tirx.const(n, str(v.ty.dtype))
                                                        for v, n in sizes.items()}))
             out.append(int(e))

@@ -1,9 +1,9 @@
-"""CUDA code for every gradient of the op table (tests/test_ops.py), on machines without a GPU too.
+"""CUDA code for every gradient of the op table (tests/op_table.py), on machines without a GPU too.
 
-Each case's optimized gradients (shared with tests/test_passes.py) are built for target="cuda":
-every block must get a GPU schedule (a host loop over device memory raises in `build`), the
-kernels must fit the thread limits, and a sample of them goes through nvcc.  Where a GPU is
-present, that sample also runs and matches the CPU build.
+Each case's optimized gradients (`op_table.differentiated`, shared with tests/test_passes.py) are
+built for target="cuda": every block must get a GPU schedule (a host loop over device memory
+raises in `build`), the kernels must fit the thread limits, and a sample of them goes through
+nvcc.  Where a GPU is present, that sample also runs and matches the CPU build.
 """
 from __future__ import annotations
 
@@ -15,19 +15,18 @@ import tvm
 
 import tvm_autodiff as ad
 from gradcheck import make_values
-from test_passes import _CASES, get_case
-from tvm_autodiff.graph import placeholders
+from op_table import IDS, differentiated
+from tvm_autodiff.ir.graph import placeholders
 from tvm_autodiff.schedule import gpu_limits_ok
 
 GPU = tvm.cuda(0).exist
 # nvcc takes seconds per module, so every NVCC_EVERY-th case is compiled to PTX.
 NVCC_EVERY = 12
-IDS = list(_CASES)
 
 
 @pytest.mark.parametrize("cid", IDS)
 def test_gradient_builds_for_cuda(cid):
-    c = get_case(cid)
+    c = differentiated(cid)
     params = placeholders([c.out]) + [c.head]
     m = ad.build(c.opt, params, target="cuda")
     assert "__global__ void" in m.source, cid

@@ -1,19 +1,19 @@
-"""Zero elimination (`tvm_autodiff.passes`, issue 3): differential tests over the whole op table,
-the work targets, the no-Jacobian property, and unit tests of the pass pieces.
+"""Zero elimination (`tvm_autodiff.passes`): differential tests over the whole op table, the work
+targets, the no-Jacobian property, and unit tests of the pass pieces.
 
-* Every case of tests/test_ops.py CASES: gradients for a random head with the passes on and off
-  agree on random data (one `ad.build` per case with both sets of gradients, unscheduled so that
-  only the passes are under test), the optimized gradient costs at most 4x the forward pass (the
-  head `full_like(out, 1)` counts as forward work), and no tensor of the optimized gradient graph
-  is a materialized Jacobian (shape out.shape + in.shape).
-* The named targets of issue 3 (A + Aᵀ, conv2d strides x dilations, pools, softmax, log_softmax,
-  flatten, reshape).
+* Every case of the op table (tests/op_table.py): gradients for a random head with the passes on
+  and off agree on random data (one `ad.build` per case with both sets of gradients, unscheduled
+  so that only the passes are under test), the optimized gradient costs at most 4x the forward
+  pass (the head `full_like(out, 1)` counts as forward work), and no tensor of the optimized
+  gradient graph is a materialized Jacobian (shape out.shape + in.shape).
+* The ops of the README's work table ("Work of gradients (zero elimination)"): A + Aᵀ, conv2d
+  strides x dilations, pools, softmax, log_softmax, flatten, reshape; the eliminated gradient
+  costs at most 3x the forward pass there.
 * nonzero.py (nonzero / monomials / disjoint_dnf) and eliminate.py (split_terms, reduce_term,
   eliminate_reduction, eliminate_zeros) with brute-force and value checks.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
@@ -25,9 +25,9 @@ from tvm.ir import Call
 
 import tvm_autodiff as ad
 from gradcheck import make_values, normal, run_poisoned
-from test_ops import CASES
+from op_table import IDS, differentiated
 from tvm_autodiff.counting import op_iterations
-from tvm_autodiff.graph import ops_post_order, placeholders
+from tvm_autodiff.ir.graph import ops_post_order, placeholders
 from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
 from tvm_autodiff.passes.eliminate import ceil_divisions, reduce_term, split_terms
 from tvm_autodiff.passes.nonzero import disjoint_dnf, monomials, nonzero
@@ -39,7 +39,7 @@ F64 = "float64"
 
 
 def forward_work(out: te.Tensor) -> int:
-    """The forward pass plus the head full_like(out, 1), as issue 3 counts it."""
+    """The forward pass plus the head full_like(out, 1), as the README's work table counts it."""
     return ad.work([out, topi.full_like(out, 1.0)]).iterations
 
 
@@ -90,37 +90,16 @@ def jacobian_like(grads, out, inputs) -> list:
                                                      for v in range(op.num_outputs))]
 
 
-class Case:
-    """One op-table case, differentiated with and without the passes (cached per case id)."""
-
-    def __init__(self, builder):
-        built = builder()
-        self.out, self.inputs = built[0], list(built[1])
-        self.extra = dict(built[2]) if len(built) > 2 else {}
-        self.dtype = str(self.out.dtype)
-        self.head = te.placeholder(self.out.shape, self.dtype, name="H")
-        self.naive = list(ad.differentiate(self.out, self.inputs, head=self.head, optimize=False))
-        self.opt = list(ad.differentiate(self.out, self.inputs, head=self.head, optimize=True))
-
-
-_CASES = {p.id: p for p in CASES}
-
-
-@functools.lru_cache(maxsize=None)
-def get_case(cid: str) -> Case:
-    return Case(_CASES[cid].values[0])
-
-
 # -- the op table: passes on == passes off --------------------------------------------------------
 
 
-@pytest.mark.parametrize("cid", list(_CASES))
+@pytest.mark.parametrize("cid", IDS)
 def test_passes_agree_with_naive(cid):
-    c = get_case(cid)
+    c = differentiated(cid)
     params = placeholders([c.out])
     f = ad.build(c.naive + c.opt, params + [c.head], schedule=None)
     rng = np.random.default_rng(1234)
-    values = make_values(params, rng, c.extra.get("gens"))
+    values = make_values(params, rng, c.check.get("gens"))
     head = np.array(normal(rng, dims(c.out.shape), c.dtype), dtype=c.dtype)
     res = run_poisoned(f, *values, head)
     n = len(c.inputs)
@@ -137,7 +116,7 @@ MAX_RATIO = 4
 # Cases whose optimized gradient costs more than 4x the forward pass (ratios measured with the op
 # table's shapes; they grow with the reduction length, so they are real, not constant-factor,
 # misses; analysed with ad.explain).
-_PAIR = ("general comm_reducer gradient (edges._pair_derivatives, for combiners that are neither "
+_PAIR = ("general comm_reducer gradient (the pair-combiner rule, for combiners that are neither "
          "sum/prod/max/min nor a selection) is one tangent reduction over the whole reduce axis per "
          "input element: O(|A| * K) work, ratio ~K+1")
 RATIO_XFAIL = {"reduce-logsumexp-where-init": _PAIR}
@@ -145,7 +124,7 @@ RATIO_XFAIL = {"reduce-logsumexp-where-init": _PAIR}
 
 def _ratio_params():
     out = []
-    for cid in _CASES:
+    for cid in IDS:
         marks = [pytest.mark.xfail(strict=True, reason=RATIO_XFAIL[cid])] if cid in RATIO_XFAIL else []
         out.append(pytest.param(cid, marks=marks, id=cid))
     return out
@@ -153,23 +132,23 @@ def _ratio_params():
 
 @pytest.mark.parametrize("cid", _ratio_params())
 def test_work_ratio(cid):
-    c = get_case(cid)
+    c = differentiated(cid)
     fwd = forward_work(c.out)
     grad = ad.work(c.opt).iterations
     assert grad <= MAX_RATIO * fwd, (f"{cid}: gradient work {grad} > {MAX_RATIO} x forward {fwd} "
                                      f"(ratio {grad / fwd:.2f})")
 
 
-@pytest.mark.parametrize("cid", list(_CASES))
+@pytest.mark.parametrize("cid", IDS)
 def test_no_materialized_jacobian(cid):
-    c = get_case(cid)
+    c = differentiated(cid)
     if len(c.out.shape) == 0:
         return   # out.shape + x.shape is x.shape: the gradient itself
     bad = jacobian_like(c.opt, c.out, c.inputs)
     assert not bad, f"{cid}: optimized gradient materializes Jacobian-shaped tensors {bad}"
 
 
-# -- the named targets of issue 3 ------------------------------------------------------------------
+# -- the ops of the README's work table ------------------------------------------------------------
 
 
 def _differential(out, inputs, seed=0, gens=None):
@@ -278,7 +257,7 @@ def _ints(*names):
 
 def _eval_bool(cond, env: dict) -> bool:
     """Evaluate an integer condition at a point by substitution and constant folding."""
-    from tvm_autodiff.reductions import substitute
+    from tvm_autodiff.ir.expr import substitute
     e = tvm.sym.Analyzer().simplify(substitute(cond, {v: tirx.const(x, I32) for v, x in env.items()}))
     assert isinstance(e, tirx.IntImm), f"{cond} did not fold at {env}: {e}"
     return bool(e.value)
@@ -346,7 +325,7 @@ def test_monomials_distribute_products_over_sums():
 
 
 def _eval_float(e, env):
-    from tvm_autodiff.reductions import substitute
+    from tvm_autodiff.ir.expr import substitute
     r = tvm.sym.Analyzer().simplify(substitute(e, env))
     assert isinstance(r, (tirx.FloatImm, tirx.IntImm)), r
     return float(r.value)
@@ -552,7 +531,8 @@ def _on_off(out, inputs, values, head):
 
 def test_bug_ceil_div_index_of_window_adjoint():
     """The window adjoint index came out as H[0 - (0 - i - 1) // 3 - 1] (= H[i // 3]), which TVM
-    0.27 miscompiles as a load index; the passes now emit divisions with positive leading terms."""
+    0.27 miscompiles as a load index (docs/tvm-0.27.md, "iter-map miscompiles offset divisions");
+    the passes now emit divisions with positive leading terms."""
     P0 = te.placeholder((6,), F64, name="P0")
     r = te.reduce_axis((0, 3), name="r")
     T0 = te.compute((2,), lambda i: te.sum(P0[3 * i + r], axis=r), name="T0")
@@ -571,7 +551,8 @@ def test_tvm_floordiv_load_index_miscompile_is_tvm_side():
 @pytest.mark.parametrize("schedule", [None, "default"])
 def test_bug_strided_offset_read_adjoint_index(schedule):
     """Y[i] = X[3i + 1] has the adjoint X̄[j] = Ȳ[(j - 1) // 3] where (j - 1) % 3 == 0; TVM 0.27's
-    FlattenBuffer rewrote that load index wrongly (reading Ȳ[-1] at j = 1) until build() guarded it."""
+    FlattenBuffer rewrote that load index wrongly (reading Ȳ[-1] at j = 1) until build() guarded it
+    (docs/tvm-0.27.md, "iter-map miscompiles offset divisions")."""
     P0 = te.placeholder((5,), F64, name="P0")
     T0 = te.compute((2,), lambda i: P0[3 * i + 1], name="T0")
     H = te.placeholder((2,), F64, name="H")
