@@ -1,4 +1,5 @@
-"""Full Hessians: tvm_autodiff (`ad.hessian`, compiled with `ad.build`) next to PyTorch CPU (issue 6).
+"""Full Hessians: tvm_autodiff (`ad.hessian`, compiled with `ad.build`) next to PyTorch CPU, the
+comparison of docs/prior-art.md, "Hessians of tensor expressions".
 
     python benchmarks/hessian.py [--quick] [--timeout 300] [--mem-gb 12] [--problems lr,mf,mlp]
 

@@ -1,4 +1,4 @@
-"""The public API (DESIGN §2): Jacobians, 0-d and symbolic shapes, inputs=None, zero gradients,
+"""The public API (README, "API"): Jacobians, 0-d and symbolic shapes, inputs=None, zero gradients,
 adjoints of intermediates, manual overrides, extern ops, and the error messages."""
 from __future__ import annotations
 

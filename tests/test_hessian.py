@@ -1,4 +1,5 @@
-"""Second derivatives (issue 6): `ad.hessian` and `ad.jacobian` of gradients, checked in float64.
+"""Second derivatives (README, "Hessians and Jacobians of gradients"): `ad.hessian` and
+`ad.jacobian` of gradients, checked in float64.
 
 Every case compiles ONE module (`ad.build`) holding the gradients of a scalar loss L and the
 requested second-derivative tensors.  The reference is the central finite difference of the
@@ -9,8 +10,8 @@ requested second-derivative tensors.  The reference is the central finite differ
 so no second compile is needed, and shapes stay tiny.  Where a closed form is easy (logistic
 regression, least squares, matrix factorization) the Hessian is also compared with it.
 
-Compactness (issue 6, "no materialized 4th-order tensor where the math does not need one") is
-checked on the graph walked with `ops_post_order` and on `ad.work` bounds, see the tests at the end.
+Compactness (no materialized 4th-order tensor where the math does not need one) is checked on
+the graph walked with `ops_post_order` and on `ad.work` bounds, see the tests at the end.
 """
 from __future__ import annotations
 
@@ -352,7 +353,7 @@ def test_hessian_rejects_non_scalar_output():
         ad.hessian(z, w)
 
 
-# -- compactness (issue 6: no materialized higher-order tensor where the math does not need one) ------
+# -- compactness: no materialized higher-order tensor where the math does not need one ------------
 
 
 def _computed(H):
