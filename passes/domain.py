@@ -29,11 +29,11 @@ import tvm_ffi
 from tvm import sym, tirx
 from tvm.ir import Expr, Range, Var
 
+from tvm_autodiff.ir.expr import FALSE, TRUE, cast, is_const
+
 __all__ = ["AxisBound", "ReductionDomain", "reduction_domain", "to_isl", "from_isl_set",
            "from_isl_pw_aff", "isl_names"]
 
-_TRUE = tirx.const(True, "bool")
-_FALSE = tirx.const(False, "bool")
 _CMP = {tirx.EQ: "=", tirx.NE: "!=", tirx.LT: "<", tirx.LE: "<=", tirx.GT: ">", tirx.GE: ">="}
 _NEGATED = {tirx.EQ: tirx.NE, tirx.NE: tirx.EQ, tirx.LT: tirx.GE, tirx.LE: tirx.GT,
             tirx.GT: tirx.LE, tirx.GE: tirx.LT}
@@ -194,7 +194,7 @@ class _Emitter:
         self.params = {f"p{n}": v for n, v in enumerate(params)}
 
     def _var(self, v):
-        return v if str(v.ty.dtype) == self.dtype else tirx.Cast(self.dtype, v)
+        return cast(v, self.dtype)
 
     def _sum(self, form: dict, aff):
         """Σ c·term for an integer-coefficient form; a div term is floor(inner) = floordiv(N, m)."""
@@ -235,10 +235,10 @@ def from_isl_set(s: isl.Set, vars, params, dtype: str):
     existentials (divs) as floordiv.  Callers simplify (which folds `x - m·(x // m)` into x % m)."""
     s = s.coalesce().compute_divs()
     if s.is_empty():
-        return _FALSE
+        return FALSE
     em = _Emitter(vars, params, dtype)
     clauses = [[em.constraint(c) for c in b.get_constraints()] for b in s.get_basic_sets()]
-    return reduce(tirx.Or, [tirx.all(*c) if c else _TRUE for c in clauses])
+    return reduce(tirx.Or, [tirx.all(*c) if c else TRUE for c in clauses])
 
 
 def from_isl_pw_aff(pa: isl.PwAff, vars, params, dtype: str, context: isl.Set | None = None):
@@ -339,7 +339,7 @@ def reduction_domain(reduce_vars, outer_vars, cond) -> ReductionDomain:
 
     def trivial():
         return ReductionDomain(tuple(AxisBound(v, lo, ext) for v, lo, ext in reduce_vars),
-                               _TRUE, cond, False)
+                               TRUE, cond, False)
 
     try:
         ranges = _range_parts(reduce_vars, names)
@@ -356,7 +356,7 @@ def _build(a: _Analysis, reduce_vars, params, atoms, dtype, ana) -> ReductionDom
     red = [v for v, _, _ in reduce_vars]
     if a.empty:
         axes = tuple(AxisBound(v, lo, tirx.const(0, str(v.ty.dtype))) for v, lo, _ in reduce_vars)
-        return ReductionDomain(axes, _FALSE, _FALSE, True)
+        return ReductionDomain(axes, FALSE, FALSE, True)
     red_set = set(red)
     has_red = [any(v in red_set for v in _int_vars([c])) for c in atoms]
     inner = [c for c, r in zip(atoms, has_red) if r]
@@ -369,8 +369,7 @@ def _build(a: _Analysis, reduce_vars, params, atoms, dtype, ana) -> ReductionDom
         else:   # a piecewise extent reads better as hi - lo + 1
             ext_e = from_isl_pw_aff(hi, red, params, dtype, a.domain) - lo_e + tirx.const(1, dtype)
         vt = str(v.ty.dtype)
-        cast = (lambda e: e) if vt == dtype else (lambda e: tirx.Cast(vt, e))
-        axes.append(AxisBound(v, ana.simplify(cast(lo_e)), ana.simplify(cast(ext_e))))
+        axes.append(AxisBound(v, ana.simplify(cast(lo_e, vt)), ana.simplify(cast(ext_e, vt))))
     # Atoms stay unsimplified: the Analyzer cannot hash the tensors that loads refer to.
     outer_cond = _conjoin(ana.simplify(from_isl_set(a.outer, red, params, dtype)), outer)
     residual = _conjoin(ana.simplify(from_isl_set(a.residual, red, params, dtype)), inner)
@@ -381,8 +380,4 @@ def _conjoin(cond, atoms: list):
     """cond ∧ ⋀ atoms, without a redundant `True ∧`."""
     if not atoms:
         return cond
-    return tirx.all(*atoms) if _is_true(cond) else tirx.all(cond, *atoms)
-
-
-def _is_true(e) -> bool:
-    return isinstance(e, tirx.IntImm) and bool(e.value)
+    return tirx.all(*atoms) if is_const(cond, True) else tirx.all(cond, *atoms)

@@ -3,16 +3,25 @@
 For one reduction Y[i] = Σ_{k ∈ K} s(i, k):
 
 1. split:   s = Σ_n t_n (monomials), t_n = select(c_n, v_n, 0) (nonzeroness), and each c_n into
-            disjoint conjunctions, so Y = Σ_n Σ_k [c_n] v_n; terms with equal conditions are merged.
+            disjoint conjunctions, so Y = Σ_n Σ_k [c_n] v_n; terms with equal conditions are merged
+            (`split_terms`).
 2. solve:   the equalities of c_n among the k and the outer variables i (Smith normal form):
             k = A·i + B·t + b on the lattice of solutions, with fresh integer variables t;
-            an unsolvable system makes the term zero.
+            an unsolvable system makes the term zero (`solve_term`).
 3. bound:   the other atoms of c_n plus the ranges of the substituted k form a Presburger set of
             the remaining variables, with i as parameters (isl).  Its exact bounding box becomes
-            the new reduce axes, deskewed to start at 0; what the box misses stays as a select
-            in the summand; conditions on i alone are lifted out:  select(c(i), Σ_k' …, 0).
+            the new reduce axes, deskewed to start at 0 (`deskew`); what the box misses stays as a
+            select in the summand; conditions on i alone are lifted out:  select(c(i), Σ_k' …, 0).
+            (A window whose only conditions are in-bounds checks of one read sums a fixed box over
+            a zero-padded tensor instead, `padding.py`; a bracket on tensor data may become a
+            scatter-add, `scatter.py`.)  Steps 2 and 3 are `reduce_term`.
 4. rebuild: a term with reduce axes left becomes its own tensor; Y is the elementwise sum of
-            the terms.  A single unconditional term stays the reduction itself.
+            the terms.  A single unconditional term stays the reduction itself
+            (`eliminate_reduction`).
+
+Solving the Kronecker deltas of a gradient's index equations this way follows Urban & van der
+Smagt, "Automatic Differentiation for Tensor Algebras" (arXiv 1711.01348), and TVM's
+`src/te/autodiff/ad_simplify.cc`, removed from TVM together with `te.gradient`.
 """
 from __future__ import annotations
 
@@ -24,14 +33,15 @@ import tvm_ffi
 from tvm import sym, te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, is_load, make_compute, rebuild, simplify, structural_key
-from tvm_autodiff.reductions import component_kind, substitute
+from tvm_autodiff.ir.expr import TRUE, cast, free_vars, is_const, is_float, loads_only, reads, simplify, substitute
+from tvm_autodiff.ir.graph import TensorMap, is_load, make_compute, rebuild, structural_key
+from tvm_autodiff.ir.reductions import reducer_kind
 
 from . import linsolve
 from .domain import reduction_domain
-from .nonzero import TRUE, conjunction, conjuncts, disjoint_dnf, is_const, monomials, nonzero, same
+from .nonzero import conjunction, conjuncts, disjoint_dnf, monomials, nonzero, same
 from .padding import padded_window
-from .scatter import free_vars, loads_only, reads, scatter_add, scatter_atom
+from .scatter import scatter_add, scatter_atom
 
 # Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
 # of the variables they replace.  This only has to be larger than any tensor extent, and twice
@@ -46,11 +56,7 @@ class Term:
     cond: object
     axes: tuple      # ((var, extent), ...) deskewed reduce variables, ranging over [0, extent)
     body: object
-    scatter: Optional[tuple] = None
-
-
-def _cast(e, dtype: str):
-    return e if str(e.ty.dtype) == dtype else tirx.Cast(dtype, e)
+    scatter: Optional[tuple[tirx.Var, object]] = None
 
 
 def _sparse_body(t: te.Tensor, memo: dict):
@@ -111,66 +117,119 @@ def split_terms(source) -> list[tuple[list, object]]:
 
 
 def _is_index_eq(a) -> bool:
-    return isinstance(a, tirx.EQ) and not str(a.a.ty.dtype).startswith(("float", "bfloat"))
+    return isinstance(a, tirx.EQ) and not is_float(a.a)
+
+
+@dataclass(frozen=True)
+class Solved:
+    """Σ_{red} [∧ conds] · value once the index equalities are solved (step 2): the solved reduce
+    variables are substituted away, and their ranges became conditions on what replaced them.
+    `red`: ((var, min, extent), ...), the unsolved reduce variables and the solver's fresh ones."""
+    conds: tuple
+    value: object
+    red: tuple
+
+
+@dataclass(frozen=True)
+class Box:
+    """Σ_{axes} select(residual, body, 0): the bounding box of a domain as reduce axes from 0
+    (step 3), `axes` being ((var, extent), ...) and body and residual in those variables."""
+    axes: tuple
+    body: object
+    residual: object
+
+
+def solve_term(atoms: list, value, red: list) -> Optional[Solved]:
+    """Step 2: Σ_{k ∈ red} [∧ atoms] · value with the index equalities among the atoms solved for
+    the reduce variables; None when they have no integer solution (the term is zero).
+
+    red: [(var, min, extent)]."""
+    eqs = [(a.a, a.b) for a in atoms if _is_index_eq(a)]
+    conds = [a for a in atoms if not _is_index_eq(a)]
+    sol = linsolve.solve_index_equations(eqs, [v for v, _, _ in red]) if eqs else None
+    if sol is linsolve.UNSOLVABLE:
+        return None
+    if sol is None:
+        return Solved(tuple(conds), value, tuple(red))
+    sub = {v: cast(e, str(v.ty.dtype)) for v, e in dict(sol.substitution).items()}
+    conds += list(sol.conditions) + [tirx.EQ(l, r) for l, r in sol.unused]
+    conds += [c for v, lo, ext in red if v in sub for c in (sub[v] >= lo, sub[v] < lo + ext)]
+    remaining = [(v, lo, ext) for v, lo, ext in red if v not in sub]
+    remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
+                  for t in sol.fresh]
+    return Solved(tuple(substitute(c, sub) for c in conds), substitute(value, sub), tuple(remaining))
+
+
+def deskew(dom, value) -> Box:
+    """The bounding box of `dom` (a `reduction_domain`) with each axis shifted to start at 0; an
+    axis of extent 1 is replaced by its lower bound.  `value` and the residual follow."""
+    shift, axes = {}, []
+    for bound in dom.axes:
+        extent = simplify(bound.extent)
+        if is_const(extent, 1):
+            shift[bound.var] = simplify(bound.lo)
+        else:
+            k = tirx.Var(bound.var.name, str(bound.var.ty.dtype))
+            shift[bound.var] = simplify(bound.lo) + k
+            axes.append((k, extent))
+    return Box(tuple(axes), substitute(value, shift), substitute(dom.residual, shift))
 
 
 def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True) -> Optional[Term]:
     """Σ_{k ∈ red} [∧ atoms] · value as a Term with the smallest exact domain; None when zero.
 
+    Steps 2 and 3 of the module docstring: solve the index equalities (`solve_term`); sum a
+    window over a zero-padded tensor where that is exact and cheap (`padded_window`); else bound
+    the rest with isl (`reduction_domain`) and sum over its box (`deskew`), either as a scatter
+    (`_scatter_term`) or with the residual and the outer condition as masks (`_masked_term`).
+
     outer, red: [(var, min, extent)].  scatter: whether a data-dependent bracket [o == g(k)] may
     become a scatter-add (`Term.scatter`) instead of staying in the summand."""
-    eqs = [(a.a, a.b) for a in atoms if _is_index_eq(a)]
-    others = [a for a in atoms if not _is_index_eq(a)]
-    red_vars = [v for v, _, _ in red]
-    sol = linsolve.solve_index_equations(eqs, red_vars) if eqs else None
-    if sol is linsolve.UNSOLVABLE:
+    solved = solve_term(atoms, value, red)
+    if solved is None:
         return None
-    sub = dict(sol.substitution) if sol else {}
-    sub = {v: _cast(e, str(v.ty.dtype)) for v, e in sub.items()}
-    conds = others + (list(sol.conditions) + [tirx.EQ(l, r) for l, r in sol.unused] if sol else [])
-    for v, lo, ext in red:
-        if v in sub:   # a solved variable's range becomes a constraint on what replaced it
-            conds += [sub[v] >= lo, sub[v] < lo + ext]
-    remaining = [(v, lo, ext) for v, lo, ext in red if v not in sub]
-    remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
-                  for t in (sol.fresh if sol else ())]
-    padded = padded_window([substitute(a, sub) for a in conds], substitute(value, sub), outer, remaining)
+    padded = padded_window(list(solved.conds), solved.value, outer, list(solved.red))
     if padded is not None:
-        body, box = padded
-        shift = {v: v + lo for v, lo, _ in box if not is_const(lo, 0)}
-        return Term(TRUE, tuple((v, ext) for v, _, ext in box), simplify(substitute(body, shift)))
-    cond = substitute(tirx.all(*conds) if conds else TRUE, sub)
-    dom = reduction_domain(remaining, outer, cond)
+        return _padded_term(*padded)
+    dom = reduction_domain(list(solved.red), outer, conjunction(list(solved.conds)))
     if dom.empty:
         return None
     if _unbounded(dom, outer):
         # A fresh variable whose real bounds sit in atoms isl cannot read (e.g. select window
         # bounds, or a select extent): its box is the solver's placeholder range.  Keep the
         # term as it came, in the original reduce variables.
-        return Term(TRUE, tuple((v, ext) for v, _, ext in red),
-                    _in_original_box(atoms, value, red))
-    value = substitute(value, sub)
-    deskew, axes = {}, []
-    for bound in dom.axes:
-        extent = simplify(bound.extent)
-        if is_const(extent, 1):
-            deskew[bound.var] = simplify(bound.lo)
-        else:
-            k = tirx.Var(bound.var.name, str(bound.var.ty.dtype))
-            deskew[bound.var] = simplify(bound.lo) + k
-            axes.append((k, extent))
-    body = substitute(value, deskew)
-    residual = substitute(dom.residual, deskew)
-    atoms = conjuncts(residual)
-    hit = scatter_atom(atoms, [v for v, _, _ in outer], [k for k, _ in axes]) if axes and scatter else None
-    if hit is not None and not any(hit[1] in free_vars(ext) for _, ext in axes):
-        n, o, g = hit
-        keep = tirx.all(simplify(dom.outer_cond), *atoms[:n], *atoms[n + 1:])
-        body = tirx.Select(keep, body, tirx.const(0, str(body.ty.dtype)))
-        return Term(TRUE, tuple(axes), simplify(body), scatter=(o, g))
-    if not is_const(residual, True):
-        body = tirx.Select(residual, body, tirx.const(0, str(body.ty.dtype)))
-    outer_cond = simplify(dom.outer_cond)
+        return Term(TRUE, tuple((v, ext) for v, _, ext in red), _in_original_box(atoms, value, red))
+    box = deskew(dom, solved.value)
+    term = _scatter_term(box, dom.outer_cond, outer) if scatter else None
+    return term if term is not None else _masked_term(box, dom.outer_cond)
+
+
+def _padded_term(body, box: list) -> Term:
+    """The Term of `padded_window`'s (body, box), its axes shifted to start at 0."""
+    shift = {v: v + lo for v, lo, _ in box if not is_const(lo, 0)}
+    return Term(TRUE, tuple((v, ext) for v, _, ext in box), simplify(substitute(body, shift)))
+
+
+def _scatter_term(box: Box, outer_cond, outer: list) -> Optional[Term]:
+    """The box's sum as a scatter-add Term when an atom of its residual is a data-dependent bracket
+    [o == g] on an outer variable o that no extent of the box mentions; else None."""
+    atoms = conjuncts(box.residual)
+    hit = scatter_atom(atoms, [v for v, _, _ in outer]) if box.axes else None
+    if hit is None or any(hit.var in free_vars(ext) for _, ext in box.axes):
+        return None
+    keep = tirx.all(simplify(outer_cond), *atoms[:hit.index], *atoms[hit.index + 1:])
+    body = tirx.Select(keep, box.body, tirx.const(0, str(box.body.ty.dtype)))
+    return Term(TRUE, box.axes, simplify(body), scatter=(hit.var, hit.gather))
+
+
+def _masked_term(box: Box, outer_cond) -> Term:
+    """The box's sum with the residual as a select in the summand and the outer condition lifted
+    out (step 3's  select(outer_cond, Σ_k' select(residual, v, 0), 0))."""
+    body, axes = box.body, list(box.axes)
+    zero = tirx.const(0, str(body.ty.dtype))
+    if not is_const(box.residual, True):
+        body = tirx.Select(box.residual, body, zero)
+    outer_cond = simplify(outer_cond)
     # Loop extents cannot read tensors (create_prim_func fails), so data-dependent outer atoms
     # stay a select outside the sum.
     on_data = [a for a in conjuncts(outer_cond) if reads(a)]
@@ -182,7 +241,7 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
         # domain is nonempty, and a reduction block whose loops run zero times never executes its
         # init, which would leave its output unwritten.
         axes = [(k, tirx.Select(index_cond, ext, tirx.const(1, str(ext.ty.dtype)))) for k, ext in axes]
-        body = tirx.Select(index_cond, body, tirx.const(0, str(body.ty.dtype)))
+        body = tirx.Select(index_cond, body, zero)
         outer_cond = conjunction(on_data)
     return Term(outer_cond, tuple(axes), simplify(body))
 
@@ -242,14 +301,15 @@ def ceil_divisions(expr):
     return tvm_ffi.structural_map(expr, (tirx.Select, _ceil_division))
 
 
-def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) -> Optional[list]:
+def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) -> list | te.Tensor | None:
     """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
     docstring), or None when op is no such reduction or has no zeros to eliminate.  With
-    `scatter`, sums over data-dependent brackets become scatter-add extern ops."""
+    `scatter`, sums over data-dependent brackets become scatter-add extern ops; a reduction that
+    is one scatter comes back as that tensor, which replaces op (see `rebuild`)."""
     if op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
         return None
     r = bodies[0]
-    if component_kind(r.combiner, 0) != "sum" or not is_const(r.condition, True) or len(r.init):
+    if reducer_kind(r.combiner) != "sum" or not is_const(r.condition, True) or len(r.init):
         return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
     red = [(rv.var, rv.dom.min, ceil_divisions(rv.dom.extent)) for rv in r.axis]

@@ -30,11 +30,11 @@ import tvm_ffi
 from tvm import te, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import TensorMap, compute_op, is_load, make_compute, rebuild, structural_key
-from tvm_autodiff.reductions import component_kind, substitute
+from tvm_autodiff.ir.expr import free_vars, is_const, is_float, loads_only, substitute
+from tvm_autodiff.ir.graph import TensorMap, compute_op, is_load, make_compute, rebuild, structural_key
+from tvm_autodiff.ir.reductions import reducer_kind
 
-from .nonzero import conjunction, conjuncts, is_const
-from .scatter import free_vars, loads_only
+from .nonzero import conjunction, conjuncts
 
 # Largest body (expression nodes) that is inlined into its consumers.
 _INLINE_NODES = 48
@@ -87,7 +87,7 @@ def product(e, names: Optional[TensorMap] = None) -> Product:
     if isinstance(e, tirx.Select) and is_const(e.false_value, 0):
         a = product(e.true_value, names)
         return Product(tuple(conjuncts(e.condition)) + a.conds, a.values)
-    if isinstance(e, (tirx.Add, tirx.Sub)) and dtype.startswith(("float", "bfloat")):
+    if isinstance(e, (tirx.Add, tirx.Sub)) and is_float(dtype):
         a, b = product(e.a, names), product(e.b, names)
         conds, ca, cb = _take_common(a.conds, b.conds, names)
         values, va, vb = _take_common(a.values, b.values, names)
@@ -152,10 +152,10 @@ class _Hoister:
         dtype = str(body.ty.dtype)
         if not isinstance(body, tirx.Reduce) and read_inlined and loads_only(body) and _nodes(body) <= _INLINE_NODES:
             return self.replace(op, body)
-        if not dtype.startswith(("float", "bfloat")):
+        if not is_float(dtype):
             return None   # only real arithmetic is worth it (and a bool product is no Mul)
         if isinstance(body, tirx.Reduce):
-            if (component_kind(body.combiner, 0) != "sum" or not is_const(body.condition, True)
+            if (reducer_kind(body.combiner) != "sum" or not is_const(body.condition, True)
                     or len(body.init)):
                 return None
             # Axes in a reduce range stay: the range is evaluated per output point.

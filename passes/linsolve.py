@@ -20,6 +20,8 @@ from math import gcd, lcm
 import tvm
 from tvm import tirx
 
+from tvm_autodiff.ir.expr import cast
+
 __all__ = ["UNSOLVABLE", "IntegerSolution", "IndexSolution", "smith_normal_form",
            "solve_affine_system", "solve_index_equations"]
 
@@ -252,17 +254,13 @@ class IndexSolution:
     unused: tuple
 
 
-def _cast(e, dtype):
-    return e if str(e.ty.dtype) == dtype else tirx.Cast(dtype, e)
-
-
 def _as_term(e):
     """Constants become Python ints so that the core can decide constant conditions."""
     return int(e.value) if isinstance(e, tirx.IntImm) else e
 
 
 def _as_expr(v, dtype):
-    return tirx.const(v, dtype) if isinstance(v, int) else _cast(v, dtype)
+    return tirx.const(v, dtype) if isinstance(v, int) else cast(v, dtype)
 
 
 def solve_index_equations(equalities, unknowns):
@@ -279,7 +277,7 @@ def solve_index_equations(equalities, unknowns):
                 default="int32")
     rows, b, unused = [], [], []
     for lhs, rhs in equalities:
-        coeffs = list(tvm.sym.detect_linear_equation(_cast(lhs, dtype) - _cast(rhs, dtype),
+        coeffs = list(tvm.sym.detect_linear_equation(cast(lhs, dtype) - cast(rhs, dtype),
                                                      unknowns))
         if not coeffs or not all(isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
             unused.append((lhs, rhs))

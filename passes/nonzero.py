@@ -18,19 +18,15 @@ disjoint conjunctions:  [a ∨ b] = [a] + [¬a ∧ b].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import tvm_ffi
 from tvm import tirx
 from tvm.ir import Call
 
-TRUE = tirx.const(True, "bool")
-FALSE = tirx.const(False, "bool")
+from tvm_autodiff.ir.expr import FALSE, TRUE, is_const
+
 MAX_TERMS = 64  # beyond this, distributing products over sums costs more than it saves
-
-
-def is_const(e, value) -> bool:
-    return isinstance(e, (tirx.IntImm, tirx.FloatImm)) and e.value == value
 
 
 def zero_like(e):
@@ -54,9 +50,11 @@ def not_(a):
 
 
 def same(a, b) -> bool:
+    """Structural equality; False where TVM cannot compare, as for reads of different tensors
+    (docs/tvm-0.27.md, "expressions that read tensors cannot be hashed")."""
     try:
         return bool(tvm_ffi.structural_equal(a, b))
-    except TypeError:  # loads of different tensors cannot be compared structurally
+    except TypeError:
         return False
 
 
@@ -144,7 +142,7 @@ def nonzero(e) -> Nonzero:
     return rule(e) if rule is not None else Nonzero(TRUE, e)
 
 
-def _product(xs: list, ys: list, op: Callable) -> list:
+def _product(xs: list, ys: list, op: Callable) -> Optional[list]:
     if len(xs) * len(ys) > MAX_TERMS:
         return None
     return [op(x, y) for x in xs for y in ys]

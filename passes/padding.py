@@ -25,11 +25,11 @@ import tvm_ffi
 from tvm import sym, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.graph import is_load, make_compute, same_tensor
+from tvm_autodiff.ir.expr import free_vars, is_const, reads
+from tvm_autodiff.ir.graph import is_load, make_compute, same_tensor
 
 from .factor import product
-from .nonzero import is_const, same
-from .scatter import free_vars, reads
+from .nonzero import same
 
 # Largest padded/unpadded volume of the padded tensor: bounds the box's extra work (the windows
 # of a 5x5 kernel on a 12x12 gradient pad 8x8 to 16x16, ratio 4).
@@ -130,8 +130,8 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
         b = ana.const_int_bound(idx)
         pads.append((max(0, -b.min_value), max(0, b.max_value - (n - 1))))
         if pads[-1] != (0, 0) and not _unit_steps(idx, [v for v, _, _ in box]):
-            # A dilated window: the issue-3 work target (≤ 3x forward for dilated convs on
-            # 10x10) holds for the exact ranges only.
+            # A dilated window: the work target of README's "Work of gradients" (≤ 3x forward,
+            # dilated convs on 10x10 included) holds for the exact ranges only.
             return None
     padded = [n + lo + hi for n, (lo, hi) in zip(shape, pads)]
     if not any(lo or hi for lo, hi in pads) or math.prod(padded) > MAX_PAD_RATIO * math.prod(shape):

@@ -9,45 +9,35 @@ No index equation can be solved for r (g reads tensor data), so as a reduction i
 
     dX = 0;   for q, r:  dX[g(r, q), q] += v(r, g(r, q), q)
 
-TE has no scatter, so the loop nest is a te.extern op with a hand-built TIR body.  Iterations
-over q are independent (each writes its own slice of dX), which keeps it parallelizable.
+TE has no scatter, so the loop nest is a te.extern op with a hand-built TIR body (tagged
+`SCATTER_TAG`).  Iterations over q are independent (each writes its own slice of dX), which keeps
+it parallelizable.  Writing the adjoint of a gather as a scatter follows Li et al.,
+"Differentiable programming for image processing and deep learning in Halide" (SIGGRAPH 2018).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import tvm_ffi
 from tvm import te, tirx
 from tvm.ir import Call, Var
 
-from tvm_autodiff.graph import TensorMap, is_load, unique_tensors
-from tvm_autodiff.reductions import substitute
+from tvm_autodiff.ir.expr import cast, free_vars, reads, substitute
+from tvm_autodiff.ir.graph import SCATTER_TAG, TensorMap, is_load, unique_tensors
 
 
-def reads(e) -> list:
-    found = []
-    tvm_ffi.structural_walk(e, (Call, lambda c: found.append(c.args[0]) if is_load(c) else None))
-    return found
+@dataclass(frozen=True)
+class ScatterAtom:
+    """atoms[index] is the bracket [var == gather]: an outer variable equal to an index that reads
+    tensor data and does not mention it."""
+    index: int
+    var: Var
+    gather: object
 
 
-def loads_only(e) -> bool:
-    """Whether every call in e is a tensor read: loads and arithmetic, nothing like exp."""
-    hit = tvm_ffi.structural_walk(e, (Call, lambda c: None if is_load(c) else tvm_ffi.VisitInterrupt(True)))
-    return hit is None
-
-
-def free_vars(e) -> set:
-    found = set()
-    tvm_ffi.structural_walk(e, (Var, lambda v: found.add(v)))
-    return found
-
-
-# The tag of scatter-add extern ops, so that differentiate() can say where one came from.
-SCATTER_TAG = "tvm_autodiff.scatter_add"
-
-
-def scatter_atom(atoms: Sequence, outer_vars: Sequence[Var], red_vars: Sequence[Var]) -> Optional[tuple]:
-    """(n, o, g) for the first atom atoms[n] of the form o == g with o an outer variable and g an
+def scatter_atom(atoms: Sequence, outer_vars: Sequence[Var]) -> Optional[ScatterAtom]:
+    """The first atom of `atoms` of the form o == g (or g == o) with o in `outer_vars` and g an
     index that reads tensor data and does not mention o; None if there is none."""
     outer = set(outer_vars)
     for n, a in enumerate(atoms):
@@ -55,7 +45,7 @@ def scatter_atom(atoms: Sequence, outer_vars: Sequence[Var], red_vars: Sequence[
             continue
         for o, g in ((a.a, a.b), (a.b, a.a)):
             if isinstance(o, Var) and o in outer and reads(g) and o not in free_vars(g):
-                return n, o, g
+                return ScatterAtom(n, o, g)
     return None
 
 
@@ -65,7 +55,7 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
 
     red: ((k, extent), ...) with extents in the q variables only."""
     shape = [iv.dom.extent for iv in axes]
-    value = substitute(value, {o: tirx.Cast(str(o.ty.dtype), g) if str(g.ty.dtype) != str(o.ty.dtype) else g})
+    value = substitute(value, {o: cast(g, str(o.ty.dtype))})
     inputs = unique_tensors(reads(value) + reads(g))
 
     def fcompute(ins, outs):
@@ -78,8 +68,7 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
         for v, iv in reversed(list(zip(zvars, axes))):
             zero = tirx.For(v, 0, iv.dom.extent, tirx.ForKind.SERIAL, zero)
         index = [as_buffer(g) if iv.var.same_as(o) else iv.var for iv in axes]
-        index = [tirx.Cast(str(iv.var.ty.dtype), i) if str(i.ty.dtype) != str(iv.var.ty.dtype) else i
-                 for i, iv in zip(index, axes)]
+        index = [cast(i, str(iv.var.ty.dtype)) for i, iv in zip(index, axes)]
         add = tirx.BufferStore(out, tirx.BufferLoad(out, index) + as_buffer(value), index)
         for k, extent in reversed(list(red)):
             add = tirx.For(k, 0, extent, tirx.ForKind.SERIAL, add)

@@ -7,6 +7,7 @@ import tvm_ffi
 from tvm import te, tirx
 from tvm.ir import Call, Var
 
+from tvm_autodiff.ir.expr import is_const
 from tvm_autodiff.passes import domain
 from tvm_autodiff.passes.domain import from_isl_set, reduction_domain, to_isl
 
@@ -147,7 +148,7 @@ def test_random_against_enumeration(seed):
 def test_random_cases_cover_both_outcomes():
     doms = [reduction_domain(*random_case(seed)) for seed in range(200)]
     assert 10 < sum(d.empty for d in doms) < 190
-    assert sum(not domain._is_true(d.residual) for d in doms if not d.empty) > 10
+    assert sum(not is_const(d.residual, True) for d in doms if not d.empty) > 10
 
 
 # ------------------------------------------------------------------ unit tests
@@ -160,7 +161,7 @@ def test_conv_window_bounds_are_min_max():
     assert isinstance(ax.lo, tirx.Max)
     found = []
     tvm_ffi.structural_walk(ax.extent, (tirx.Min, found.append))
-    assert found and domain._is_true(dom.residual) and domain._is_true(dom.outer_cond)
+    assert found and is_const(dom.residual, True) and is_const(dom.outer_cond, True)
 
 
 def test_two_dim_conv_window_stride_2():
@@ -176,7 +177,7 @@ def test_div_gives_aligned_block():
     (ax,) = dom.axes
     assert isinstance(ax.extent, tirx.IntImm) and ax.extent.value == 4
     assert [compile_expr(ax.lo, [i])(v) for v in range(3)] == [0, 4, 8]
-    assert domain._is_true(dom.residual) and domain._is_true(dom.outer_cond)
+    assert is_const(dom.residual, True) and is_const(dom.outer_cond, True)
 
 
 def test_mod_stays_in_residual_as_floormod():
@@ -191,7 +192,7 @@ def test_mod_stays_in_residual_as_floormod():
 def test_outer_condition_is_lifted():
     i, k = tirx.Var("i", "int32"), tirx.Var("k", "int32")
     dom = check_domain([(k, c(0), c(10))], [(i, c(0), c(6))], k > i + 5)
-    assert not domain._is_true(dom.outer_cond)
+    assert not is_const(dom.outer_cond, True)
     assert compile_expr(dom.outer_cond, [i])(3) and not compile_expr(dom.outer_cond, [i])(4)
 
 
@@ -292,7 +293,7 @@ def test_no_reduce_vars_left():
     """Every reduce variable solved away: only the outer condition remains."""
     i = tirx.Var("i", "int32")
     dom = reduction_domain([], [(i, c(0), c(6))], tirx.all(i > 2, tirx.floormod(i, 2) == 0))
-    assert dom.axes == () and domain._is_true(dom.residual)
+    assert dom.axes == () and is_const(dom.residual, True)
     assert [compile_expr(dom.outer_cond, [i])(v) for v in range(6)] == [v == 4 for v in range(6)]
     assert reduction_domain([], [(i, c(0), c(6))], i > 7).empty
 

@@ -8,10 +8,10 @@ import pytest
 from tvm import te, tirx
 
 import tvm_autodiff as ad
-from tvm_autodiff.graph import ops_post_order, placeholders
+from tvm_autodiff.ir.graph import ops_post_order, placeholders
 from tvm_autodiff.passes import hoist_factors
 from tvm_autodiff.passes.factor import product
-from tvm_autodiff.reductions import substitute
+from tvm_autodiff.ir.expr import substitute
 
 F64 = "float64"
 

@@ -22,7 +22,7 @@ from tvm import te, tirx, topi
 from tvm.ir import Call
 
 import tvm_autodiff as ad
-from tvm_autodiff.graph import ops_post_order, placeholders, same_tensor
+from tvm_autodiff.ir.graph import ops_post_order, placeholders, same_tensor
 
 F64 = "float64"
 RTOL, ATOL_REL, STEP = 1e-6, 1e-7, 1e-5

@@ -27,7 +27,7 @@ from tvm import te, tirx
 
 import tvm_autodiff as ad
 from gradcheck import run_poisoned
-from tvm_autodiff.graph import placeholders
+from tvm_autodiff.ir.graph import placeholders
 
 F64 = "float64"
 ZERO = tirx.const(0.0, F64)

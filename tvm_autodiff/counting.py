@@ -9,8 +9,6 @@ loop iterations, not predicate hits.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +17,10 @@ from tvm import te, tirx
 from tvm.ir import Call, Var
 from tvm.s_tir import SBlock, SBlockRealize
 
-from .graph import ops_post_order, outputs_of, placeholders, unique_tensors
+from tvm_autodiff.ir.expr import free_vars, substitute
+from tvm_autodiff.ir.graph import ops_post_order, outputs_of, placeholders, unique_tensors
+from tvm_autodiff.passes import eliminate_zeros
+
 from .printing import format_expr, format_range
 
 # Enumerating more distinct outer-loop values than this would take minutes and gigabytes.
@@ -67,32 +68,21 @@ def op_iterations(op, bindings=None) -> int:
 
 def explain(tensors, file=None, bindings=None) -> str:
     """A readable dump of the graph of `tensors`: each op (producers first) with its shape, axes,
-    body and work, then the total.  When `tvm_autodiff.passes.eliminate_zeros` exists, the graph
-    after that pass follows.  Returns the text and also writes it to `file` if given."""
+    body and work, then the total, before and after `tvm_autodiff.passes.eliminate_zeros`.
+    Returns the text and also writes it to `file` if given."""
     tensors = [tensors] if isinstance(tensors, te.Tensor) else list(tensors)
-    sections = [("before", tensors)]
-    eliminate = _eliminate_zeros()
-    if eliminate is not None:
-        sections.append(("after eliminate_zeros", [eliminate(t) for t in tensors]))
+    sections = [("before", tensors), ("after eliminate_zeros", [eliminate_zeros(t) for t in tensors])]
     lines, totals = [], []
     for title, graph in sections:
         total = work(graph, bindings)
         totals.append(total.iterations)
         lines += [f"== {title} =="] + _describe(graph, bindings)
         lines.append(f"total {title}: {total.iterations} iterations, {total.elements} elements")
-    if len(totals) == 2:
-        lines.append(f"work: {totals[0]} -> {totals[1]} iterations ({totals[1] / max(totals[0], 1):.3g}x)")
+    lines.append(f"work: {totals[0]} -> {totals[1]} iterations ({totals[1] / max(totals[0], 1):.3g}x)")
     text = "\n".join(lines) + "\n"
     if file is not None:
         file.write(text)
     return text
-
-
-def _eliminate_zeros():
-    """The zero-elimination pipeline, or None while `tvm_autodiff.passes` does not provide it yet."""
-    if importlib.util.find_spec(f"{__package__}.passes") is None:
-        return None
-    return getattr(importlib.import_module(f"{__package__}.passes"), "eliminate_zeros", None)
 
 
 def _describe(tensors, bindings) -> list[str]:
@@ -131,12 +121,12 @@ def _leaves(stmt, loops=(), subst=None, block="root"):
         for s in stmt.seq:
             yield from _leaves(s, loops, subst, block)
     elif isinstance(stmt, tirx.For):
-        step = None if stmt.step is None else _substitute(stmt.step, subst)
-        bound = (stmt.loop_var, _substitute(stmt.min, subst), _substitute(stmt.extent, subst), step)
+        step = None if stmt.step is None else substitute(stmt.step, subst)
+        bound = (stmt.loop_var, substitute(stmt.min, subst), substitute(stmt.extent, subst), step)
         yield from _leaves(stmt.body, loops + (bound,), subst, block)
     elif isinstance(stmt, SBlockRealize):
         inner = dict(subst)
-        inner.update((iv.var, _substitute(v, subst)) for iv, v in zip(stmt.block.iter_vars, stmt.iter_values))
+        inner.update((iv.var, substitute(v, subst)) for iv, v in zip(stmt.block.iter_vars, stmt.iter_values))
         yield from _leaves(stmt.block, loops, inner, block)
     elif isinstance(stmt, tirx.IfThenElse):  # both branches: we count iterations, not predicate hits
         yield from _leaves(stmt.then_case, loops, subst, block)
@@ -154,12 +144,6 @@ def _has_loops(stmt) -> bool:
     return isinstance(tvm_ffi.structural_walk(stmt, visit, order="pre"), tvm_ffi.VisitInterrupt)
 
 
-def _substitute(expr, subst):
-    if isinstance(expr, tirx.IntImm) or not subst:
-        return expr
-    return tvm_ffi.structural_map(expr, (Var, lambda v: subst.get(v, v)))
-
-
 # ---------------------------------------------------------------------------------------------
 # Counting the iterations of a loop nest.
 
@@ -175,7 +159,7 @@ def count_loops(loops, bindings) -> int:
     for j in range(len(loops) - 1, -1, -1):
         needed_after[j] = set(needed)
         _, lo, ext, step = loops[j]
-        needed |= _free_vars(lo) | _free_vars(ext) | _free_vars(step)
+        needed |= free_vars(lo) | free_vars(ext) | free_vars(step)
     scale, cols, weights = 1, {}, np.ones(1, np.int64)
     for (var, lo, ext, step), later in zip(loops, needed_after):
         step = 1 if step is None else _evaluate(step, cols, bindings)
@@ -204,14 +188,6 @@ def _expand(var, lo, step, trips, cols, weights):
     cols = {v: c[idx] for v, c in cols.items()}
     cols[var] = np.broadcast_to(lo, (rows,))[idx] + offsets * np.broadcast_to(step, (rows,))[idx]
     return cols, weights[idx]
-
-
-def _free_vars(expr) -> set:
-    if expr is None or isinstance(expr, tirx.IntImm):
-        return set()
-    out = set()
-    tvm_ffi.structural_walk(expr, (Var, out.add))
-    return out
 
 
 class _Bindings:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from tvm import sym, tirx
 from tvm.ir import Call, Var
 
+from tvm_autodiff.ir.expr import is_const, is_float
+from tvm_autodiff.ir.graph import is_load
+from tvm_autodiff.ir.reductions import ELEMENTWISE_KINDS, reducer_kind
+
 # Binary operators: node type -> (symbol, precedence).  Higher binds tighter.
 _BINARY = {
     tirx.Or: ("||", 1), tirx.And: ("&&", 2),
@@ -20,7 +24,6 @@ _BINARY = {
 _FUNCTIONS = {tirx.Min: "min", tirx.Max: "max", tirx.Mod: "truncmod"}
 _ATOM = 9
 _ANALYZER = sym.Analyzer()
-_REDUCERS = {tirx.Add: "sum", tirx.Mul: "prod", tirx.Max: "max", tirx.Min: "min"}
 
 
 def format_expr(expr) -> str:
@@ -38,7 +41,7 @@ def _fmt(e) -> tuple[str, int]:
         left = prec + 1 if prec == 3 else prec
         return f"{_wrap(e.a, left)} {sym} {_wrap(e.b, prec + 1)}", prec
     if t is tirx.Div:
-        if "float" in str(e.ty.dtype):
+        if is_float(e):
             return f"{_wrap(e.a, 5)} / {_wrap(e.b, 6)}", 5
         # On integers Div truncates, unlike Python's `/` and `//`: name it.
         return f"truncdiv({format_expr(e.a)}, {format_expr(e.b)})", _ATOM
@@ -59,7 +62,7 @@ def _fmt(e) -> tuple[str, int]:
     if t is tirx.Let:
         return f"(let {e.var.name} = {format_expr(e.value)} in {format_expr(e.body)})", _ATOM
     if isinstance(e, Call):
-        if e.op.name == "te.tensor_load":
+        if is_load(e):
             return f"{e.args[0].name}[{_args(e.args[1:])}]", _ATOM
         return f"{e.op.name.rsplit('.', 1)[-1]}({_args(e.args)})", _ATOM
     if t is tirx.Reduce:
@@ -68,12 +71,12 @@ def _fmt(e) -> tuple[str, int]:
 
 
 def _fmt_reduce(r) -> str:
-    result = r.combiner.result[r.value_index]
-    name = _REDUCERS.get(type(result), "reduce")
+    kind = reducer_kind(r.combiner, r.value_index)
+    name = kind if kind in ELEMENTWISE_KINDS else "reduce"
     if len(r.combiner.result) > 1:  # a tuple reducer (argmax): say which value this body is
         name = f"reduce[{r.value_index}]"
     axes = ", ".join(format_range(iv) for iv in r.axis)
-    cond = "" if _is_true(r.condition) else f" where {format_expr(r.condition)}"
+    cond = "" if is_const(r.condition, True) else f" where {format_expr(r.condition)}"
     init = f", init={_args(r.init)}" if len(r.init) else ""
     return f"{name}({axes}{cond}: {_args(r.source)}{init})"
 
@@ -82,10 +85,6 @@ def format_range(iv) -> str:
     """An IterVar as `k in [lo, hi)`."""
     dom = iv.dom
     return f"{iv.var.name} in [{format_expr(dom.min)}, {format_expr(_ANALYZER.simplify(dom.min + dom.extent))})"
-
-
-def _is_true(c) -> bool:
-    return isinstance(c, tirx.IntImm) and bool(c.value)
 
 
 def _wrap(e, prec: int) -> str:
