@@ -65,7 +65,7 @@ loss = te.compute((), lambda: data_loss[()] + penalty[()], name="loss")
 hess = ad.hessian(loss, w)
 text = ad.explain(hess)
 print(text.split("== after")[0])
-assert all(len(op.output(0).shape) <= 2 for op in ad.graph.ops_post_order([hess]))
+assert all(len(op.output(0).shape) <= 2 for op in ad.ir.graph.ops_post_order([hess]))
 print("OK the Hessian is compact:", ad.work(hess).iterations, "iterations for", n, "samples and", d, "features")
 
 # %%

@@ -1,12 +1,9 @@
-"""The adjoint contribution of one edge: consumer op Y (a ComputeOp) reading tensor X.
+"""The reducer rule table: the tangent of a reduction Y_v[i] = ⊕_k s_v(i, k), per combiner kind.
 
-With head H (the adjoint of Y, shape prefix + Y.shape):
-
-    dX[p, j] = Σ_{i ∈ dom Y} Σ_{k ∈ red Y}  H[p, i] · ∂body(i, k) · [j == f(i, k)]
-
-where the Iverson bracket [j == f] seeds each read X[f] in the forward-mode tangent of the body
-(`rules.jvp`).  The bracket stays explicit (select(j == f, 1, 0)) so the zero-elimination passes can
-solve it into a gather.  How a reduction's tangent is formed depends on its combiner:
+`REDUCER_RULES[kind](fwd, op, w, heads, seed)` gives the (head, tangent) terms that source w of
+op's reduction contributes, kind being `reducer_kind(combiner, w)` (`tvm_autodiff.ir.reductions`).
+The tangent is in op's own axis and reduce-axis variables, `seed` is the forward-mode seed of the
+tensor reads (`rules.jvp`), and `fwd` builds the forward helper tensors once per consumer op:
 
 - sum:      ∂Y = Σ_k ∂s(i, k)
 - max/min:  ∂Y = Σ_k [k == argmax_k s(i, k)] · ∂s(i, k), with a forward argmax tensor (ties go to
@@ -18,42 +15,30 @@ solve it into a gather.  How a reduction's tangent is formed depends on its comb
 - selection (user comm_reducers whose every result is select(c, x_v, y_v) with one condition c,
             such as argmax pairs): Y_v = s_v(i, k*), so ∂Y_v = Σ_k [k == k*] · ∂s_v(i, k), with k*
             from a forward reduction by the same combiner that also carries the position;
-- other (user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
+- generic (other user comm_reducers): ∂Y_v = Σ_k Σ_w D_wv[i, k] · ∂s_w(i, k), where
             D_wv[i, k] = ∂Y_v / ∂s_w(i, k) comes from a reduction over the pair combiner
             ((x, dx), (y, dy)) -> (x ⊕ y, ∂⊕/∂x·dx + ∂⊕/∂y·dy).  Correct for any combiner; costs a
             reduction length more than the forward pass.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import tvm
-import tvm_ffi
 from tvm import sym, te, tirx
 
-from .errors import DifferentiationError
-from .graph import compute_op, is_load, make_compute, same_tensor
-from .reductions import component_kind, multi_reduce, substitute
-from .rules import add, const, is_float, jvp
+from tvm_autodiff.errors import DifferentiationError
+from tvm_autodiff.ir.expr import TRUE, is_float, substitute
+from tvm_autodiff.ir.graph import compute_op
+from tvm_autodiff.ir.reductions import multi_reduce, reducer_kind, selection_condition
 
-TRUE = tirx.const(True, "bool")
+from .rules import const, jvp
 
-
-def bracket(j: Sequence, f: Sequence, dtype: str):
-    """[j == f] as a float: the Kronecker delta of the read X[f] at the adjoint index j."""
-    if not j:
-        return tirx.const(1.0, dtype)
-    return tirx.Select(tirx.all(*[a == b for a, b in zip(j, f)]),
-                       tirx.const(1.0, dtype), tirx.const(0.0, dtype))
+# -- reduce domains ----------------------------------------------------------------------------------
 
 
-def read_seed(X: te.Tensor, j: Sequence) -> Callable:
-    """Seed for jvp: each read X[f] gets the tangent [j == f]; everything else is constant."""
-    return lambda leaf: bracket(j, leaf.args[1:], str(leaf.ty.dtype)) \
-        if is_load(leaf) and same_tensor(leaf.args[0], X) else None
-
-
-def _fresh_reduce_axes(axes: Sequence[tirx.IterVar]) -> list[tirx.IterVar]:
+def fresh_reduce_axes(axes: Sequence[tirx.IterVar]) -> list[tirx.IterVar]:
+    """New reduce axes over the same ranges (a reduce axis belongs to one reduction)."""
     return [te.reduce_axis((iv.dom.min, iv.dom.min + iv.dom.extent), name=iv.var.name + "_r")
             for iv in axes]
 
@@ -99,71 +84,81 @@ def in_reduce_domain(op: te.ComputeOp, vmap: dict):
     return tirx.all(*conds) if conds else None
 
 
-class EdgeBuilder:
-    """Builds edge contributions; forward helper tensors (argmax, pair-combiner derivatives) are made
-    once per consumer op and shared by all the tensors it reads."""
+# -- the rules ---------------------------------------------------------------------------------------
+
+
+def _own_source(transform: Callable) -> Callable:
+    """The rule of a kind whose value w depends on source w alone: the term
+    (head_w, transform(fwd, op, w, ∂s_w)), none when head_w or ∂s_w is zero."""
+    def rule(fwd: "ForwardTensors", op: te.ComputeOp, w: int, heads: Sequence, seed: Callable) -> list:
+        h = heads[w]
+        ds = None if h is None else jvp(op.body[0].source[w], seed)
+        return [] if ds is None else [(h, transform(fwd, op, w, ds))]
+    return rule
+
+
+def _masked(cond, ds):
+    return tirx.Select(cond, ds, const(0.0, ds))
+
+
+def _generic(fwd: "ForwardTensors", op: te.ComputeOp, w: int, heads: Sequence, seed: Callable) -> list:
+    """The terms D_wv · ∂s_w of the pair-combiner rule, one per value v with a head."""
+    ds = jvp(op.body[0].source[w], seed)
+    if ds is None:
+        return []
+    pair = fwd.pair_tensors(op, w)
+    return [(h, pair[v] * ds) for v, h in enumerate(heads) if h is not None and v in pair]
+
+
+# One rule per kind of `reducer_kind` (REDUCER_KINDS).
+REDUCER_RULES: dict[str, Callable] = {
+    "sum": _own_source(lambda fwd, op, w, ds: ds),
+    "prod": _own_source(lambda fwd, op, w, ds: fwd.product_of_others(op, w) * ds),
+    "max": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_arg_extremum(op, w), ds)),
+    "min": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_arg_extremum(op, w), ds)),
+    "selection": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_selected(op), ds)),
+    "generic": _generic,
+}
+
+
+def reduction_terms(fwd: "ForwardTensors", op: te.ComputeOp, heads: Sequence, seed: Callable) -> list:
+    """[(head, tangent)] of the reduction op, source by source through `REDUCER_RULES`."""
+    r0 = op.body[0]
+    return [term for w in range(len(r0.source))
+            for term in REDUCER_RULES[reducer_kind(r0.combiner, w)](fwd, op, w, heads, seed)]
+
+
+# -- forward helper tensors --------------------------------------------------------------------------
+
+
+class ForwardTensors:
+    """The forward helper tensors of the rules (argmax positions, zero counts and products, pair
+    derivatives), built once per consumer op and shared by all the tensors it reads."""
 
     def __init__(self):
-        self._argmax: dict = {}
+        self._position: dict = {}
         self._prod: dict = {}
         self._pair: dict = {}
 
-    # -- the terms H · ∂Y for each kind of body ------------------------------------------------------
-
-    def terms(self, op: te.ComputeOp, heads: Sequence, X: te.Tensor, j: Sequence) -> list:
-        """[(head, tangent)] pairs: the tangent is in op's own axis and reduce-axis variables."""
-        seed = read_seed(X, j)
-        bodies = list(op.body)
-        if not isinstance(bodies[0], tirx.Reduce):
-            return [(h, jvp(b, seed)) for h, b in zip(heads, bodies) if h is not None]
-        combiner, sources = bodies[0].combiner, list(bodies[0].source)
-        kinds = [component_kind(combiner, v) for v in range(len(sources))]
-        out = []
-        if None in kinds and _selection(combiner) is not None:
-            chosen = self._is_selected(op)
-            for h, s in zip(heads, sources):
-                ds = jvp(s, seed) if h is not None else None
-                if ds is not None:
-                    out.append((h, tirx.Select(chosen, ds, const(0.0, ds))))
-            return out
-        if None in kinds:
-            for w, s in enumerate(sources):
-                ds = jvp(s, seed)
-                if ds is None:
-                    continue
-                pair = self._pair_tensors(op, w)
-                out += [(h, pair[v] * ds) for v, h in enumerate(heads) if h is not None and v in pair]
-            return out
-        for v, (h, kind) in enumerate(zip(heads, kinds)):
-            if h is None:
-                continue
-            ds = jvp(sources[v], seed)
-            if ds is not None and kind == "prod":
-                ds = self._product_of_others(op, v) * ds
-            elif ds is not None and kind != "sum":
-                ds = tirx.Select(self._is_arg_extremum(op, v), ds, const(0.0, ds))
-            out.append((h, ds))
-        return out
-
-    def _is_arg_extremum(self, op: te.ComputeOp, v: int):
+    def is_arg_extremum(self, op: te.ComputeOp, v: int):
         """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor.  One linear
         index rather than one per axis: the equation reads tensor data, so no solver can use it
         anyway, and the forward reduction carries one value less per axis."""
         return self._at_position(op, v, lambda: _arg_extremum(op, v))
 
-    def _is_selected(self, op: te.ComputeOp):
-        """[k == k*(i)] for a selection combiner, in op's variables (like `_is_arg_extremum`)."""
+    def is_selected(self, op: te.ComputeOp):
+        """[k == k*(i)] for a selection combiner, in op's variables (like `is_arg_extremum`)."""
         return self._at_position(op, "selected", lambda: _selected_position(op))
 
     def _at_position(self, op: te.ComputeOp, key, position: Callable[[], te.Tensor]):
         """[linear index of k == P[i]] for the forward position tensor P that `position()` builds
         (once per (op, key))."""
-        if (op, key) not in self._argmax:
-            self._argmax[(op, key)] = position()
+        if (op, key) not in self._position:
+            self._position[(op, key)] = position()
         lin = _linear_index(op.reduce_axis, str(op.reduce_axis[0].var.ty.dtype))
-        return lin == self._argmax[(op, key)](*[iv.var for iv in op.axis])
+        return lin == self._position[(op, key)](*[iv.var for iv in op.axis])
 
-    def _product_of_others(self, op: te.ComputeOp, v: int):
+    def product_of_others(self, op: te.ComputeOp, v: int):
         """Π_{k' ≠ k} s_v(i, k') in op's variables (see the module docstring)."""
         key = (op, v)
         if key not in self._prod:
@@ -174,46 +169,13 @@ class EdgeBuilder:
         only_zero = tirx.And(zeros == 1, s == zero)
         return tirx.Select(zeros == 0, product / s, tirx.Select(only_zero, product, zero))
 
-    def _pair_tensors(self, op: te.ComputeOp, w: int) -> dict:
+    def pair_tensors(self, op: te.ComputeOp, w: int) -> dict:
         """{v: D_wv[i, k - min]} read expressions in op's variables."""
         key = (op, w)
         if key not in self._pair:
             self._pair[key] = _pair_derivatives(op, w)
         idx = [iv.var for iv in op.axis] + [rv.var - lo for rv, (lo, _) in zip(op.reduce_axis, reduce_box(op))]
         return {v: t(*idx) for v, t in self._pair[key].items()}
-
-    # -- the contribution tensor --------------------------------------------------------------------
-
-    def contribution(self, op: te.ComputeOp, heads: Sequence[Optional[Callable]], X: te.Tensor,
-                     prefix: Sequence, name: str) -> Optional[te.Tensor]:
-        """dX from consumer `op`, or None when op's value does not depend on X.
-
-        `heads[v](p, i)` reads the adjoint of op's output v (None: zero adjoint)."""
-        out_axes, red_axes = list(op.axis), list(op.reduce_axis)
-        dtype = str(X.dtype)
-
-        def body(*pj):
-            p, j = pj[:len(prefix)], pj[len(prefix):]
-            terms = [(h, t) for h, t in self.terms(op, heads, X, j) if t is not None]
-            if not terms:
-                return None
-            new_axes = _fresh_reduce_axes(out_axes) + [
-                te.reduce_axis((lo, lo + ext), name=rv.var.name + "_r")
-                for rv, (lo, ext) in zip(red_axes, reduce_box(op))]
-            vmap = {iv.var: r.var for iv, r in zip(out_axes + red_axes, new_axes)}
-            i = [vmap[iv.var] for iv in out_axes]
-            total = None
-            for h, t in terms:
-                t = substitute(t, vmap)
-                total = add(total, h(p, i) * t)
-            if str(total.ty.dtype) != dtype:
-                total = tirx.Cast(dtype, total)
-            inside = in_reduce_domain(op, vmap)
-            if inside is not None:
-                total = tirx.Select(inside, total, const(0.0, total))
-            return te.sum(total, axis=new_axes) if new_axes else total
-
-        return make_compute(name, list(prefix) + list(X.shape), body)
 
 
 def _linear_index(axes: Sequence[tirx.IterVar], dtype: str):
@@ -229,32 +191,21 @@ def _arg_extremum(op: te.ComputeOp, v: int) -> te.Tensor:
     of op's source v over its reduce axes.  One reduction with the combiner
         (x, lx) ⊕ (y, ly) = better(x, y) or (x == y and lx < ly) ? (x, lx) : (y, ly)."""
     r0 = op.body[v]
-    kind = component_kind(r0.combiner, v)
     red = list(op.reduce_axis)
     idt = str(red[0].var.ty.dtype)
     dtypes = [str(r0.source[v].ty.dtype), idt]
     lhs = [tirx.Var(f"x{c}", dt) for c, dt in enumerate(dtypes)]
     rhs = [tirx.Var(f"y{c}", dt) for c, dt in enumerate(dtypes)]
-    better = lhs[0] > rhs[0] if kind == "max" else lhs[0] < rhs[0]
+    better = lhs[0] > rhs[0] if reducer_kind(r0.combiner, v) == "max" else lhs[0] < rhs[0]
     pick = tirx.Or(better, tirx.And(lhs[0] == rhs[0], lhs[1] < rhs[1]))
     result = [tirx.Select(pick, a, b) for a, b in zip(lhs, rhs)]
     combiner = tirx.CommReducer(lhs, rhs, result, [r0.combiner.identity_element[v], tirx.max_value(idt)])
 
-    new_red = _fresh_reduce_axes(red)
+    new_red = fresh_reduce_axes(red)
     vmap = {a.var: b.var for a, b in zip(red, new_red)}
     sources = [substitute(r0.source[v], vmap), _linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
     return new_op.output(1)
-
-
-def _selection(comb: tirx.CommReducer):
-    """c when every result of comb is select(c, x_v, y_v) with one condition c, else None."""
-    conds = []
-    for x, y, r in zip(comb.lhs, comb.rhs, comb.result):
-        if not (isinstance(r, tirx.Select) and r.true_value.same_as(x) and r.false_value.same_as(y)):
-            return None
-        conds.append(r.condition)
-    return conds[0] if all(tvm_ffi.structural_equal(c, conds[0]) for c in conds[1:]) else None
 
 
 def _selected_position(op: te.ComputeOp) -> te.Tensor:
@@ -265,16 +216,16 @@ def _selected_position(op: te.ComputeOp) -> te.Tensor:
     idt = str(red[0].var.ty.dtype)
     lx, ly = tirx.Var("lx", idt), tirx.Var("ly", idt)
     combiner = tirx.CommReducer(list(comb.lhs) + [lx], list(comb.rhs) + [ly],
-                                list(comb.result) + [tirx.Select(_selection(comb), lx, ly)],
+                                list(comb.result) + [tirx.Select(selection_condition(comb), lx, ly)],
                                 list(comb.identity_element) + [tirx.max_value(idt)])
-    new_red = _fresh_reduce_axes(red)
+    new_red = fresh_reduce_axes(red)
     vmap = {a.var: b.var for a, b in zip(red, new_red)}
     sources = [substitute(s, vmap) for s in r0.source] + [_linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_selected", "", None, op.axis, multi_reduce(combiner, sources, new_red))
     return new_op.output(len(sources) - 1)
 
 
-def _zero_count_and_product(op: te.ComputeOp, v: int) -> tuple:
+def _zero_count_and_product(op: te.ComputeOp, v: int) -> tuple[te.Tensor, te.Tensor]:
     """Forward tensors Z[i] = #{k : s_v(i, k) = 0} (int32) and P[i] = Π_{k : s_v(i, k) ≠ 0} s_v(i, k)."""
     r0 = op.body[v]
     s = r0.source[v]
@@ -283,13 +234,29 @@ def _zero_count_and_product(op: te.ComputeOp, v: int) -> tuple:
              ("_nonzero_prod", _PROD, lambda x: tirx.Select(x == zero, one, x))]
     out = []
     for suffix, reducer, f in parts:
-        red = _fresh_reduce_axes(op.reduce_axis)
+        red = fresh_reduce_axes(op.reduce_axis)
         x = substitute(s, {a.var: b.var for a, b in zip(op.reduce_axis, red)})
         out.append(compute_op(op.name + suffix, "", None, op.axis, [reducer(f(x), axis=red)]).output(0))
-    return tuple(out)
+    return out[0], out[1]
 
 
 _PROD = te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")
+
+
+def _pair_combiner(comb: tirx.CommReducer, floats: list) -> tirx.CommReducer:
+    """The pair combiner ((x, dx), (y, dy)) -> (x ⊕ y, ∂⊕/∂x·dx + ∂⊕/∂y·dy) of `comb`, with a
+    tangent component for each float component in `floats`."""
+    dx = {c: tirx.Var(f"d{comb.lhs[c].name}", str(comb.lhs[c].ty.dtype)) for c in floats}
+    dy = {c: tirx.Var(f"d{comb.rhs[c].name}", str(comb.rhs[c].ty.dtype)) for c in floats}
+    tangent_of = {**{comb.lhs[c]: dx[c] for c in floats}, **{comb.rhs[c]: dy[c] for c in floats}}
+    tangents = []
+    for c in floats:
+        t = jvp(comb.result[c], tangent_of.get)
+        tangents.append(const(0.0, comb.result[c]) if t is None else t)
+    return tirx.CommReducer(list(comb.lhs) + [dx[c] for c in floats],
+                            list(comb.rhs) + [dy[c] for c in floats],
+                            list(comb.result) + tangents,
+                            list(comb.identity_element) + [const(0.0, dx[c]) for c in floats])
 
 
 def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:
@@ -297,18 +264,7 @@ def _pair_derivatives(op: te.ComputeOp, w: int) -> dict:
     r0 = op.body[0]
     comb, n = r0.combiner, len(r0.source)
     floats = [c for c in range(n) if is_float(r0.source[c])]
-    dx = {c: tirx.Var(f"d{comb.lhs[c].name}", str(comb.lhs[c].ty.dtype)) for c in floats}
-    dy = {c: tirx.Var(f"d{comb.rhs[c].name}", str(comb.rhs[c].ty.dtype)) for c in floats}
-    tangent_of = {**{comb.lhs[c]: dx[c] for c in floats}, **{comb.rhs[c]: dy[c] for c in floats}}
-    seed = lambda leaf: tangent_of.get(leaf)
-    tangents = []
-    for c in floats:
-        t = jvp(comb.result[c], seed)
-        tangents.append(const(0.0, comb.result[c]) if t is None else t)
-    combiner = tirx.CommReducer(list(comb.lhs) + [dx[c] for c in floats],
-                                list(comb.rhs) + [dy[c] for c in floats],
-                                list(comb.result) + tangents,
-                                list(comb.identity_element) + [const(0.0, dx[c]) for c in floats])
+    combiner = _pair_combiner(comb, floats)
     red = list(op.reduce_axis)
     out_axes = list(op.axis)
     box = reduce_box(op)

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 from tvm import tirx
 from tvm.ir import Call, Var
 
-from .graph import is_load
+from tvm_autodiff.ir.expr import is_float
+from tvm_autodiff.ir.graph import is_load
 
 Tangent = Optional[object]
 
@@ -28,10 +29,6 @@ class NoDerivativeRule(Exception):
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
-
-
-def is_float(e) -> bool:
-    return str(e.ty.dtype).startswith(("float", "bfloat"))
 
 
 def const(value: float, like) -> tirx.FloatImm:

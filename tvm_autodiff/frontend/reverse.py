@@ -1,0 +1,316 @@
+"""Reverse accumulation over a TE graph: the public `differentiate`.
+
+`differentiate` runs these steps:
+
+1. check the output, the inputs and the head (`_inputs`, `_head_prefix`);
+2. fold `where=` and `init=` into the reductions (`fold_where_init`: `te.create_prim_func` drops
+   them, docs/tvm-0.27.md, "create_prim_func drops where= and init=");
+3. the backward sweep (`_Sweep`): ops are visited newest first, and the adjoint of a tensor is the
+   sum of the contributions of its consumers (`adjoint_summands`), materialized as its own tensor
+   when there are several, because it is read many times.  Each contribution comes from a
+   `manual=` entry or from `edges.EdgeBuilder`;
+4. collect the result (`_gradients`), in the caller's tensors;
+5. unless `optimize=False`, zero elimination and factor hoisting (`_eliminate_zeros`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional, Sequence
+
+from tvm import sym, te, tirx
+
+from tvm_autodiff.errors import DifferentiationError
+from tvm_autodiff.ir.expr import is_float
+from tvm_autodiff.ir.graph import (SCATTER_TAG, TensorMap, make_compute, ops_post_order, outputs_of,
+                                   placeholders, same_tensor)
+from tvm_autodiff.ir.reductions import fold_where_init
+from tvm_autodiff.passes import eliminate_zeros
+from tvm_autodiff.passes.factor import hoist
+
+from .edges import EdgeBuilder, bracket
+from .rules import NoDerivativeRule
+
+_MANUAL_HINT = ("Give its derivative by hand with manual={(out_tensor, in_tensor): fn}, "
+                "where fn(out, inp, head) returns inp's adjoint contribution of shape "
+                "head.shape[:-out.ndim] + inp.shape.")
+
+
+class Gradients(Sequence):
+    """The result of `differentiate`: list-like over the requested inputs' gradients.
+
+    `adjoints[t]` is the adjoint of any tensor t between the inputs and the output (shape
+    prefix + t.shape); `adjoint_summands[t][c]` is the part of it that flows through the consumer
+    tensor c (every output of a multi-output consumer op maps to the op's one contribution).
+    """
+
+    def __init__(self, inputs, grads, adjoints, adjoint_summands):
+        self.inputs, self.grads = list(inputs), list(grads)
+        self.adjoints, self.adjoint_summands = adjoints, adjoint_summands
+
+    def __getitem__(self, i):
+        return self.grads[i]
+
+    def __len__(self):
+        return len(self.grads)
+
+    def __repr__(self):
+        return "Gradients(" + ", ".join(f"d{x.name}: {list(g.shape)}"
+                                        for x, g in zip(self.inputs, self.grads)) + ")"
+
+
+def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None,
+                  head: Optional[te.Tensor] = None, manual: Optional[dict] = None,
+                  optimize: bool = True, scatter: bool = True) -> Gradients:
+    """Reverse-mode derivatives of `output` with respect to `inputs` (see README, API).
+
+    `head` is the adjoint of output, shape prefix + output.shape; None means the identity, so the
+    result is the full Jacobian, shape output.shape + input.shape.  `optimize=False` skips zero
+    elimination (`tvm_autodiff.passes`), leaving the naive Iverson-bracket sums.  `scatter=False`
+    keeps the adjoints of data-dependent gathers (take) as reductions instead of scatter-add
+    extern kernels: slower, but differentiable again (`hessian` uses it).  The steps are those of
+    the module docstring.
+    """
+    inputs = _inputs(output, inputs)
+    prefix = _head_prefix(output, head)
+    (fwd_out, *fwd_inputs), remap = fold_where_init([output] + inputs)
+    manual_table = _Manual(manual, remap)
+    ops = ops_post_order([fwd_out])
+    sweep = _Sweep(fwd_out, head, prefix, manual_table)
+    sweep.run(ops, _needs_adjoint(ops, fwd_inputs))
+    manual_table.warn_unused()
+    result = _gradients(inputs, fwd_inputs, sweep, remap)
+    return _eliminate_zeros(result, scatter) if optimize else result
+
+
+# -- 1. checks -------------------------------------------------------------------------------------
+
+
+def _dims(shape) -> list:
+    return [int(s) if isinstance(s, tirx.IntImm) else s for s in shape]
+
+
+def _same_dims(a, b) -> bool:
+    ana = sym.Analyzer()
+    return len(a) == len(b) and all(ana.can_prove_equal(x, y) for x, y in zip(a, b))
+
+
+def _check_float(t: te.Tensor, role: str):
+    if not is_float(t):
+        raise DifferentiationError(
+            f"cannot differentiate with respect to {role} {t.name!r} of dtype {t.dtype}: only "
+            f"floating-point tensors have gradients (integer tensors such as indices have zero "
+            f"derivative; leave them out of `inputs`).")
+
+
+def _inputs(output, inputs) -> list[te.Tensor]:
+    """The inputs to differentiate with respect to (None: every float placeholder that output
+    reads), after checking them and the output."""
+    if not isinstance(output, te.Tensor):
+        raise DifferentiationError(
+            f"differentiate() needs a te.Tensor as output, got {type(output).__name__}. "
+            "Pass the result of te.compute or a topi op.")
+    if inputs is None:
+        inputs = [t for t in placeholders([output]) if is_float(t)]
+    inputs = list(inputs)
+    for x in inputs:
+        if not isinstance(x, te.Tensor):
+            raise DifferentiationError(f"inputs must be te.Tensors, got {type(x).__name__}.")
+        _check_float(x, "input")
+    _check_float(output, "output")
+    return inputs
+
+
+def _head_prefix(output: te.Tensor, head) -> list:
+    """The prefix of head's shape before output's shape (head=None: output's shape), after
+    checking head's shape and dtype."""
+    if head is None:
+        return _dims(output.shape)
+    if not isinstance(head, te.Tensor):
+        raise DifferentiationError(f"head must be a te.Tensor, got {type(head).__name__}.")
+    n = len(output.shape)
+    if len(head.shape) < n or not _same_dims(head.shape[len(head.shape) - n:], output.shape):
+        raise DifferentiationError(
+            f"head {head.name!r} has shape {_dims(head.shape)}, but the adjoint of output "
+            f"{output.name!r} must have shape prefix + {_dims(output.shape)}.")
+    if str(head.dtype) != str(output.dtype):
+        raise DifferentiationError(
+            f"head {head.name!r} has dtype {head.dtype}, but output {output.name!r} has dtype "
+            f"{output.dtype}; cast one of them.")
+    return _dims(head.shape[:len(head.shape) - n])
+
+
+class _Manual:
+    """The `manual=` table: (out, in) -> fn, with None as a wildcard on either side."""
+
+    def __init__(self, table: Optional[dict], remap: dict):
+        self.table = dict(table or {})
+        self.remap = remap
+        self.used: set = set()
+
+    def lookup(self, out: te.Tensor, inp: te.Tensor) -> Optional[Callable]:
+        """The function of the most specific entry for the edge (out, inp), or None."""
+        back = TensorMap((new, old) for old, new in self.remap.items())
+        o, i = back.get(out, out), back.get(inp, inp)
+        matches = [k for k in self.table
+                   if (k[0] is None or same_tensor(k[0], o)) and (k[1] is None or same_tensor(k[1], i))]
+        if not matches:
+            return None
+        # The most specific entry wins: (out, in), then (out, *), (*, in), (*, *).
+        key = min(matches, key=lambda k: (k[0] is None, k[1] is None))
+        self.used.add(id(key))
+        return self.table[key]
+
+    def warn_unused(self):
+        for key in self.table:
+            if id(key) not in self.used:
+                o, i = (k.name if k is not None else "*" for k in key)
+                warnings.warn(f"manual entry ({o}, {i}) was never used: no op with that output reads "
+                              f"that input on the way from the inputs to the output.", stacklevel=3)
+
+
+# -- 3. the backward sweep -------------------------------------------------------------------------
+
+
+def _needs_adjoint(ops: list, inputs: list) -> TensorMap:
+    """The inputs and every float tensor that ops compute from them (ops in post order)."""
+    needs = TensorMap((t, True) for t in inputs)
+    for op in ops:
+        if any(t in needs for t in op.input_tensors):
+            needs.update((t, True) for t in outputs_of(op) if is_float(t))
+    return needs
+
+
+def _sum(terms):
+    terms = iter(terms)
+    total = next(terms)
+    for t in terms:
+        total = total + t
+    return total
+
+
+class _Sweep:
+    """The backward sweep from `output`: `summands[t]` maps each consumer op of t to its
+    contribution to t's adjoint."""
+
+    def __init__(self, output: te.Tensor, head: Optional[te.Tensor], prefix: list, manual: _Manual):
+        self.output, self.head, self.prefix, self.manual = output, head, prefix, manual
+        self.summands = TensorMap()      # tensor -> {consumer op: contribution}
+        self._adjoints = TensorMap()
+        self.edges = EdgeBuilder()
+        dtype = str(output.dtype)
+        if head is None:
+            self.out_head = lambda p, i: bracket(p, i, dtype)
+        else:
+            self.out_head = lambda p, i: head(*p, *i)
+
+    def run(self, ops: list, needs: TensorMap) -> None:
+        """Visit `ops` (post order) newest first, adding each needed edge's contribution."""
+        for op in reversed(ops):
+            if isinstance(op, te.PlaceholderOp):
+                continue
+            outs = outputs_of(op)
+            heads = [self.head_reader(t) if t in needs else None for t in outs]
+            if all(h is None for h in heads):
+                continue
+            for x in TensorMap((t, None) for t in op.input_tensors):
+                if x not in needs:
+                    continue
+                contrib = self.edge(op, outs, heads, x)
+                if contrib is not None:
+                    self.summands.setdefault(x, {})[op] = contrib
+
+    def adjoint(self, t: te.Tensor) -> Optional[te.Tensor]:
+        """t's adjoint: the sum of its summands (None: zero), materialized once."""
+        if t not in self._adjoints:
+            parts = list(self.summands.get(t, {}).values())
+            if same_tensor(t, self.output):
+                self._adjoints[t] = self.head if self.head is not None else make_compute(
+                    f"d{t.name}", list(self.prefix) + list(t.shape),
+                    lambda *pi: self.out_head(pi[:len(self.prefix)], pi[len(self.prefix):]))
+            elif len(parts) <= 1:
+                self._adjoints[t] = parts[0] if parts else None
+            else:
+                self._adjoints[t] = make_compute(f"d{t.name}", parts[0].shape,
+                                                 lambda *a: _sum(p(*a) for p in parts))
+        return self._adjoints[t]
+
+    def head_reader(self, t: te.Tensor) -> Optional[Callable]:
+        """`read(p, i)`, the element (p, i) of t's adjoint; None when it is zero."""
+        if same_tensor(t, self.output):
+            return self.out_head
+        adj = self.adjoint(t)
+        return None if adj is None else (lambda p, i, adj=adj: adj(*p, *i))
+
+    def edge(self, op, outs, heads, x) -> Optional[te.Tensor]:
+        """x's adjoint contribution from consumer op: manual entries first, then the automatic rule."""
+        entries = [(t, self.manual.lookup(t, x)) for t, h in zip(outs, heads) if h is not None]
+        if any(fn is not None for _, fn in entries):
+            return self._manual_edge(op, entries, x)
+        if not isinstance(op, te.ComputeOp):
+            hint = _MANUAL_HINT
+            if op.tag == SCATTER_TAG:
+                hint = ("It is the scatter-add that zero elimination made of a gather's adjoint: compute "
+                        "that gradient with differentiate(..., scatter=False) to differentiate it again.")
+            raise DifferentiationError(
+                f"cannot differentiate {type(op).__name__} {op.name!r} (output {outs[0].name!r}) with "
+                f"respect to its input {x.name!r}: it has no tensor-expression body. " + hint)
+        try:
+            return self.edges.contribution(op, heads, x, self.prefix, f"d{x.name}_from_{op.name}")
+        except NoDerivativeRule as err:
+            raise DifferentiationError(
+                f"no derivative rule for {err.what} in op {op.name!r} (output {outs[0].name!r}), "
+                f"differentiating with respect to {x.name!r}. " + _MANUAL_HINT) from None
+
+    def _manual_edge(self, op, entries: list, x) -> te.Tensor:
+        """The sum of the manual entries' contributions, each checked for shape and dtype."""
+        want = list(self.prefix) + _dims(x.shape)
+        parts = []
+        for t, fn in entries:
+            if fn is None:
+                continue
+            part = fn(t, x, self.adjoint(t))
+            if not isinstance(part, te.Tensor) or not _same_dims(part.shape, want) \
+                    or str(part.dtype) != str(x.dtype):
+                got = (f"shape {_dims(part.shape)} and dtype {part.dtype}"
+                       if isinstance(part, te.Tensor) else type(part).__name__)
+                raise DifferentiationError(
+                    f"manual entry for ({t.name}, {x.name}) returned {got}; it must return a "
+                    f"te.Tensor of shape {want} and dtype {x.dtype}.")
+            parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
+        return make_compute(f"d{x.name}_from_{op.name}", parts[0].shape,
+                            lambda *a: _sum(p(*a) for p in parts))
+
+
+# -- 4. and 5. the result --------------------------------------------------------------------------
+
+
+def _gradients(inputs: list, fwd_inputs: list, sweep: _Sweep, remap: TensorMap) -> Gradients:
+    """The gradients of `inputs` (zero tensors for those the output does not depend on) and the
+    adjoints and summands, keyed by the caller's tensors rather than their folded copies."""
+    back = TensorMap((new, old) for old, new in remap.items())
+    grads = []
+    for x, fx in zip(inputs, fwd_inputs):
+        g = sweep.adjoint(fx) if (fx in sweep.summands or same_tensor(fx, sweep.output)) else None
+        grads.append(g if g is not None else make_compute(
+            f"d{x.name}", list(sweep.prefix) + list(x.shape), lambda *a, x=x: tirx.const(0, str(x.dtype))))
+    adjoints = TensorMap((back.get(t, t), sweep.adjoint(t)) for t in [sweep.output, *sweep.summands])
+    adjoint_summands = TensorMap(
+        (back.get(t, t), TensorMap((back.get(c, c), s) for op, s in per.items() for c in outputs_of(op)))
+        for t, per in sweep.summands.items())
+    return Gradients(inputs, grads, adjoints, adjoint_summands)
+
+
+def _eliminate_zeros(result: Gradients, scatter: bool) -> Gradients:
+    """Zero elimination and factor hoisting over every tensor of the result at once, so shared
+    adjoints stay shared.  Hoisting can turn sums over Kronecker deltas into sums that a second
+    elimination round removes (the bracket moves into the hoisted sum's own body)."""
+    everything = result.grads + list(result.adjoints.values()) + [
+        s for per in result.adjoint_summands.values() for s in per.values()]
+    hoisted, rewritten = hoist(eliminate_zeros(everything, scatter))
+    optimized = TensorMap(zip(everything, eliminate_zeros(hoisted, scatter, ops=rewritten)))
+    return Gradients(result.inputs, [optimized[g] for g in result.grads],
+                     TensorMap((t, optimized[a]) for t, a in result.adjoints.items()),
+                     TensorMap((t, TensorMap((c, optimized[s]) for c, s in per.items()))
+                               for t, per in result.adjoint_summands.items()))
