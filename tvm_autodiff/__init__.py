@@ -11,7 +11,7 @@ from . import passes, schedule
 from .build import Compiled, build, compile_ptx
 from .errors import DifferentiationError
 from .index_guard import guard_indices
-from .frontend import Gradients, differentiate, gradient, hessian, jacobian
+from .frontend import Gradients, differentiate, gradient, hessian, jacobian, register_rule
 from .counting import Work, explain, work
 
 
@@ -20,4 +20,4 @@ te.gradient = gradient
 schedule.use_all_cores()
 
 __all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "guard_indices", "hessian",
-           "jacobian", "passes", "work"]
+           "jacobian", "passes", "register_rule", "work"]

@@ -257,9 +257,13 @@ class _Sweep:
         try:
             return self.edges.contribution(op, heads, x, self.prefix, f"d{x.name}_from_{op.name}")
         except NoDerivativeRule as err:
+            hint = _MANUAL_HINT
+            if err.key is not None:
+                hint = (f"Register one with tvm_autodiff.register_rule({err.key!r}, rule), where "
+                        "rule(e, d) returns the tangent of the call e. " + hint)
             raise DifferentiationError(
                 f"no derivative rule for {err.what} in op {op.name!r} (output {outs[0].name!r}), "
-                f"differentiating with respect to {x.name!r}. " + _MANUAL_HINT) from None
+                f"differentiating with respect to {x.name!r}. " + hint) from None
 
     def _manual_edge(self, op, entries: list, x) -> te.Tensor:
         """The sum of the manual entries' contributions, each checked for shape and dtype."""

@@ -7,7 +7,9 @@ reductions seeds the combiner's variables instead.
 
 A rule is `rule(e, d) -> tangent | None`, where `d(sub)` differentiates a subexpression and `None`
 stands for an exact zero (it keeps the output free of `0 * x` terms).  Integer and boolean
-subexpressions (indices, comparisons) have derivative zero and are never visited.
+subexpressions (indices, comparisons) have derivative zero and are never visited.  Calls are looked
+up in `CALL_RULES` by `call_key`; `register_rule` adds entries for the user's own intrinsics and
+extern functions, in the spirit of JAX's `defjvp`.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ Tangent = Optional[object]
 
 
 class NoDerivativeRule(Exception):
-    """An expression node that has no derivative rule; the front end adds the op and tensor."""
+    """An expression node that has no derivative rule; the front end adds the op and tensor.
+    `key` is the name to give `register_rule` when the node is a call, else None."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, key: Optional[str] = None):
         super().__init__(what)
-        self.what = what
+        self.what, self.key = what, key
 
 
 def const(value: float, like) -> tirx.FloatImm:
@@ -174,12 +177,47 @@ def _div(e, d):
     return sub(None if da is None else da / e.b, scale(e / e.b, db))
 
 
+# Calls of these ops name the function they call in args[0].
+EXTERN_OPS = ("tirx.call_pure_extern", "tirx.call_extern")
+
+
+def call_key(e: Call) -> str:
+    """The CALL_RULES key of a call: the Op name (`tirx.exp`), or for an extern call
+    (`tirx.call_pure_extern("float32", "my_fn", x)`) the function name, `my_fn`."""
+    return e.args[0].value if e.op.name in EXTERN_OPS else e.op.name
+
+
+def register_rule(name: str, rule: Callable) -> Callable:
+    """Add (or replace) the derivative rule of the intrinsic or extern function `name`.
+
+    `name` is an Op name such as "tirx.exp" for an intrinsic, or the function name of an extern
+    call: a rule registered as "my_fn" differentiates `tirx.call_pure_extern(dtype, "my_fn", ...)`
+    and `tirx.call_extern(dtype, "my_fn", ...)`.  `rule(e, d)` gets the call `e` and a function
+    `d(sub)` that returns the tangent of a subexpression (None: exactly zero), and returns the
+    tangent of `e` (None: exactly zero).  The call's operands are `e.args`, for an extern call
+    `e.args[1:]` (`e.args[0]` is the name), so for `my_cube(x) = x³`:
+
+        register_rule("my_cube", lambda e, d: scale(3.0 * e.args[1] * e.args[1], d(e.args[1])))
+
+    with `scale(c, t)` (this module) the product c·t that keeps None as zero.  Returns `rule`."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_rule needs a non-empty string as name, got {name!r}: an Op name "
+                        "such as 'tirx.exp', or the function name of a call_pure_extern/call_extern.")
+    if not callable(rule):
+        raise TypeError(f"register_rule({name!r}, rule) needs a callable rule(e, d) -> tangent, got "
+                        f"{type(rule).__name__}.")
+    CALL_RULES[name] = rule
+    return rule
+
+
 def _call(e, d):
     if is_load(e):
         raise AssertionError("tensor reads are leaves")
-    rule = CALL_RULES.get(e.op.name)
+    key = call_key(e)
+    rule = CALL_RULES.get(key)
     if rule is None:
-        raise NoDerivativeRule(f"intrinsic {e.op.name!r}")
+        what = "extern function" if e.op.name in EXTERN_OPS else "intrinsic"
+        raise NoDerivativeRule(f"{what} {key!r}", key)
     return rule(e, d)
 
 
