@@ -8,7 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tvm_autodiff", "tvm_autodiff.ir", "tvm_autodiff.frontend", "tvm_autodiff.passes"],
+    packages=["tvm_autodiff", "tvm_autodiff.ir", "tvm_autodiff.frontend", "tvm_autodiff.passes",
+              "tvm_autodiff.tir", "tvm_autodiff.schedule"],
     # The zero-elimination passes live in a top-level folder of their own (they work on any TE
     # tensor, not only on gradients) but are installed as a subpackage.
     package_dir={"tvm_autodiff": "tvm_autodiff", "tvm_autodiff.passes": "passes"},

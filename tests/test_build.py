@@ -12,7 +12,7 @@ from tvm import te, tirx, topi
 
 import tvm_autodiff as ad
 
-from tvm_autodiff.build import build, compile_ptx, resolve_target
+from tvm_autodiff.compile import build, compile_ptx, resolve_target
 from tvm_autodiff.schedule import gpu_limits_ok
 
 RNG = np.random.default_rng(0)
@@ -141,10 +141,12 @@ def test_window_reduction_flattened():
     check(y, [x, w], {x: rand(2, 3, 9, 20), w: rand(4, 3, 7, 6)})
     head = te.placeholder(y.shape, name="H")
     (dx,) = ad.differentiate(y, [x], head=head)
-    func = build(dx, [x, w, head]).func
-    assert not any(i.has_children for i in block_infos(func))
-    assert "T.vectorized" in func.script()
-    assert any(i.name.endswith("_hi") for i in block_infos(func))   # the interior was split off
+    m = build(dx, [x, w, head])
+    assert not any(i.has_children for i in block_infos(m.func))
+    assert "T.vectorized" in m.func.script()
+    # The interior and the edges were split off, and their loops scheduled by the pass.
+    name = "dpad_temp_from_conv2d_nchw_l1"
+    assert {m.rules[name + s] for s in ("", "_lo", "_hi")} == {"prescheduled"}, m.explain()
 
 
 def test_symbolic_shape_two_sizes():
@@ -258,12 +260,8 @@ def test_cuda_runs_like_cpu():
 
 def test_matmul_register_tile():
     """Dense-layer gradients (dX = H·W and dW = Hᵀ·X: the inner output axis is contiguous in the
-    output and in one operand) get the register-tiled plan: a local accumulator tile, the
-    reduction loop outside an unrolled row loop and a vectorized column loop.  Values agree with
-    numpy."""
-    from tvm import s_tir
-    from tvm_autodiff.schedule import block_infos
-
+    output and in one operand) get the register-tiled matmul rule, which accumulates in a local
+    tile; values agree with numpy."""
     x, w = te.placeholder((12, 48), name="X"), te.placeholder((40, 48), name="W")
     y = topi.nn.dense(x, w)
     head = te.placeholder(y.shape, name="H")
@@ -273,54 +271,37 @@ def test_matmul_register_tile():
     gx, gw = m(xv, wv, hv)
     np.testing.assert_allclose(gx, hv @ wv, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, hv.T @ xv, rtol=1e-4, atol=1e-4)
-    sch = s_tir.Schedule(m.func)
-    updates = [i for i in block_infos(m.func) if i.is_reduction and i.name.startswith(("dX", "dW"))]
-    assert len(updates) == 2
-    for info in updates:
-        loops = [sch.get(l) for l in sch.get_loops(sch.get_sblock(info.name))]
-        kinds = [l.kind for l in loops]
-        assert kinds[0] == tirx.ForKind.PARALLEL and kinds[-1] == tirx.ForKind.VECTORIZED
-        assert tirx.ForKind.UNROLLED in kinds
-        reduce_vars = [b for iv, b in zip(info.iter_vars, info.bindings)
-                       if iv.iter_type == tirx.IterVar.CommReduce]
-        pos = [i for i, l in enumerate(loops) if any(b.same_as(l.loop_var) for b in reduce_vars)]
-        assert pos and pos[0] < kinds.index(tirx.ForKind.UNROLLED)   # k outside the register tile
-        assert info.writes[0].source.scope() == "local"              # accumulates in a local tile
+    assert m.rules == {"dX_from_T_matmul_NT": "matmul-tile", "dW_from_T_matmul_NT": "matmul-tile"}
+    assert 'scope="local"' in m.func.script()
 
 
 def test_matmul_expensive_factor_hoisted():
     """softmax(X·Wᵀ): the input and weight gradients are matmuls of W or X with an elementwise
     softmax gradient (exp) that differentiation inlines into them.  The default schedule computes
     that factor once per element in a block of its own, so the matmuls get the register tile."""
-    from tvm_autodiff.schedule import block_infos
-
     x, w = te.placeholder((6, 20), name="X"), te.placeholder((16, 20), name="W")
     y = topi.nn.softmax(topi.nn.dense(x, w))
     got = check(y, [x, w], {x: rand(6, 20), w: rand(16, 20)})
     assert len(got) == 3
     head = te.placeholder(y.shape, name="H")
     m = build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head])
-    infos = block_infos(m.func)
-    assert any(i.name.endswith("_factor") for i in infos)
-    assert any(i.is_reduction and i.writes[0].source.scope() == "local" for i in infos)
+    for name in ("dX_from_T_matmul_NT", "dW_from_T_matmul_NT"):
+        assert m.rules[name] == "matmul-tile", m.explain()
+        assert m.rules[name + "_factor"] == "vector-rows", m.explain()
+    assert m.rules["T_softmax_exp"] == "inline"
 
 
 def test_matmul_nt_register_tile():
-    """A dense layer's forward pass (both operands contiguous along the reduction): an r x c tile
-    of dot products accumulates machine vectors of partial sums in a local buffer, inside the
-    reduction loop, with unrolled tile loops; values agree with numpy."""
-    from tvm_autodiff.schedule import block_infos
-
+    """A dense layer's forward pass (both operands contiguous along the reduction) gets the
+    dot-product tile rule: machine vectors of partial sums in a local buffer; values agree with
+    numpy."""
     for k in (48, 20):   # 20: chunks of 5 lanes (no 8-lane divisor)
         x, w = te.placeholder((12, k), name="X"), te.placeholder((40, k), name="W")
         y = topi.nn.dense(x, w)
         m = build(y, [x, w])
         xv, wv = rand(12, k), rand(40, k)
         np.testing.assert_allclose(m(xv, wv), xv @ wv.T, rtol=1e-4, atol=1e-4)
-        script = m.func.script()
-        assert "T.unroll" in script and "T.vectorized" in script
-        rf = [i for i in block_infos(m.func) if i.is_reduction and i.writes[0].source.scope() == "local"]
-        assert rf, script
+        assert m.rules == {"T_matmul_NT": "dot-tile"}, m.explain()
 
 
 def test_matmul_packed_panel():
@@ -334,5 +315,6 @@ def test_matmul_packed_panel():
     m = build(c, [a, b])
     av, bv = rand(32, 600), rand(600, 256)
     np.testing.assert_allclose(m(av, bv), av @ bv, rtol=1e-4, atol=1e-3)
+    assert m.rules == {"C": "matmul-tile"}
     names = [i.name for i in block_infos(m.func)]
     assert "B_global" in names, names

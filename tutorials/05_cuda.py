@@ -34,7 +34,7 @@ import tvm
 from tvm import te, topi
 
 import tvm_autodiff as ad
-from tvm_autodiff.build import compile_ptx
+from tvm_autodiff import compile_ptx
 
 FAST = os.environ.get("TVM_AUTODIFF_FAST") == "1"
 BATCH, C1, HIDDEN = 32, 16, 64
@@ -111,7 +111,7 @@ print("OK CUDA source generated")
 # Compile to PTX with nvcc
 # ------------------------
 # TVM leaves the compilation of the CUDA C to the moment a module is loaded on a GPU (NVRTC,
-# through ``tvm_callback_cuda_compile``).  ``tvm_autodiff.build.compile_ptx`` runs ``nvcc``
+# through ``tvm_callback_cuda_compile``).  ``tvm_autodiff.compile_ptx`` runs ``nvcc``
 # ahead of time, so a CI machine without a GPU still checks that the generated code compiles.
 
 if shutil.which("nvcc"):

@@ -25,6 +25,8 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
+from ..ir.expr import is_float
+
 _DIVISIONS = (tirx.FloorDiv, tirx.FloorMod)
 
 
@@ -44,7 +46,7 @@ def risky(index) -> bool:
     """Whether some integer a // d or a % d in index has a nonzero constant term in a, or a
     division inside a: the shapes iter-map simplification gets wrong."""
     def visit(e):
-        if str(e.ty.dtype).startswith(("float", "bfloat")):
+        if is_float(e):
             return None
         offset = any(isinstance(t, tirx.IntImm) and t.value != 0 for t in _addends(e.a))
         return tvm_ffi.VisitInterrupt(True) if offset or _has_division(e.a) else None

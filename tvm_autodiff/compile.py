@@ -2,11 +2,13 @@
 
 `build(outputs, inputs)` makes one PrimFunc over every output, so tensors that several outputs
 share (forward values that the gradient reads) are computed once.  The PrimFunc is scheduled
-(`schedule.py`, or meta_schedule in `tuning.py`) and compiled for CPU (llvm) or CUDA; compiled
-modules are cached per (PrimFunc structure, target, schedule) within the process.
+(the rules of `tvm_autodiff.schedule`, or meta_schedule in `tuning.py`), its risky load indices
+are guarded (`tir.index_guard`), and it is compiled for CPU (llvm) or CUDA; compiled modules are
+cached per (PrimFunc structure, target, schedule) within the process.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,9 +18,11 @@ from tvm import sym, te, tirx
 
 from . import schedule as _schedule
 from .errors import DifferentiationError
-from .graph import TensorMap, placeholders, unique_tensors
-from .index_guard import guard_indices
-from .reductions import fold_where_init, substitute
+from .ir.expr import substitute
+from .ir.graph import TensorMap, placeholders, unique_tensors
+from .ir.reductions import fold_where_init
+from .schedule import Choice, Scheduled, block_infos
+from .tir import guard_indices
 
 _CACHE: dict = {}
 
@@ -27,17 +31,28 @@ class Compiled:
     """A compiled module: call it with numpy (or DLPack) arrays for `inputs`, get numpy outputs.
 
     `executable` is the tvm.runtime.Executable; `func` the scheduled PrimFunc; `target` the
-    target it was compiled for; `source` the generated CUDA C (GPU targets) or LLVM IR.
+    target it was compiled for; `source` the generated CUDA C (GPU targets) or LLVM IR;
+    `rules` the schedule rule chosen for each block ({block name: rule}), and `explain()` why.
     """
 
-    def __init__(self, executable, inputs, outputs, target, func, single):
+    def __init__(self, executable, inputs, outputs, target, scheduled: Scheduled, single):
         # The kernel writes each distinct computed tensor once; outputs that repeat, or that are
         # inputs themselves (a head passed straight through), are filled in from those.
         self.executable, self.inputs, self.requested = executable, inputs, outputs
         given = TensorMap((t, None) for t in inputs)
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
-        self.target, self.func, self.single = target, func, single
+        self.target, self.scheduled, self.single = target, scheduled, single
+        self.func = scheduled.func
         self.is_cuda = target.kind.name == "cuda"
+
+    @property
+    def rules(self) -> dict:
+        """{block name: the schedule rule that scheduled it} (inlined blocks say "inline")."""
+        return self.scheduled.rules
+
+    def explain(self) -> str:
+        """The schedule rule of each block, and why each rule before it did not apply."""
+        return self.scheduled.report()
 
     @property
     def device(self):
@@ -136,42 +151,61 @@ def compile_ptx(source, arch: Optional[str] = None) -> bytes:
         return nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc")
 
 
-def _lower(func, target, schedule, trials, work_dir, runner):
+def _lower(func, target, schedule, trials, work_dir, runner) -> Scheduled:
     if target.kind.name == "cuda":
         if schedule == "tune":
             raise NotImplementedError("schedule='tune' is implemented for llvm targets")
-        # Unscheduled code compiled for CUDA silently becomes a host loop, so CUDA always gets
-        # the GPU schedule.
+        # Unscheduled code compiled for CUDA silently becomes a host loop (docs/tvm-0.27.md,
+        # "unscheduled CUDA becomes a host loop"), so CUDA always gets the GPU schedule.
         return _schedule.schedule_gpu(func, target)
     if schedule is None:
-        return func
+        return Scheduled(func, tuple(Choice(i.name, None) for i in block_infos(func)))
     if schedule == "default":
-        return _schedule.schedule_cpu(func)    # see _compile for the fallbacks
+        return _schedule.schedule_cpu(func, target)
     if schedule == "tune":
         from .tuning import tune
-        return tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
+        tuned = tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
+        return Scheduled(tuned, tuple(Choice(i.name, "meta_schedule") for i in block_infos(tuned)))
     raise ValueError(f"schedule must be 'default', 'tune' or None, not {schedule!r}")
 
 
-def _compile(func, scheduled, target, schedule):
-    """(executable, PrimFunc), with the load indices that TVM 0.27 miscompiles guarded
-    (`guard_indices`).  A default CPU schedule that fails to compile (LLVM has no vector
-    form of some intrinsics, e.g. sinh) falls back to scalar loops, then to the unscheduled
-    function; a GPU schedule whose cross-thread reductions TVM cannot lower (tuple reducers)
-    falls back to one without them; other schedules must compile as they are."""
-    fallbacks = []
-    if schedule == "default" and target.kind.name == "llvm":
-        fallbacks = [lambda: _schedule.schedule_cpu(func, vectorize=False), lambda: func]
+def _fallbacks(func, target, schedule) -> list:
+    """(what, how to schedule it) to try, in order, when the schedule does not compile: a default
+    CPU schedule falls back to scalar loops (LLVM has no vector form of some intrinsics, e.g.
+    sinh), then to the unscheduled function; a GPU schedule whose cross-thread reductions TVM
+    cannot lower (tuple reducers) to one without them.  Other schedules must compile as they are."""
     if target.kind.name == "cuda":
-        fallbacks = [lambda: _schedule.schedule_gpu(func, target, cross_thread=False)]
+        return [("a GPU schedule without cross-thread reductions",
+                 lambda: _schedule.schedule_gpu(func, target, cross_thread=False))]
+    if schedule == "default":
+        return [("scalar loops", lambda: _schedule.schedule_cpu(func, target, vectorize=False)),
+                ("the unscheduled function",
+                 lambda: Scheduled(func, tuple(Choice(i.name, None) for i in block_infos(func))))]
+    return []
+
+
+def _reason(err: Exception) -> str:
+    """The line of a TVM error that says what went wrong (its message ends a long traceback)."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    said = [l for l in lines if "Error" in l or "Check failed" in l or "error:" in l]
+    return (said or lines or [type(err).__name__])[-1][:300]
+
+
+def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
+    """(executable, Scheduled) with the load indices that TVM 0.27 miscompiles guarded
+    (`guard_indices`), falling back as `_fallbacks` says, with a warning, when compiling fails."""
+    fallbacks = _fallbacks(func, target, schedule)
     while True:
         try:
-            scheduled = guard_indices(scheduled)
-            return tvm.compile(scheduled, target=target), scheduled
-        except (RuntimeError, ValueError):
+            guarded = Scheduled(guard_indices(scheduled.func), scheduled.choices)
+            return tvm.compile(guarded.func, target=target), guarded
+        except (RuntimeError, ValueError) as err:
             if not fallbacks:
                 raise
-            scheduled = fallbacks.pop(0)()
+            what, fallback = fallbacks.pop(0)
+            warnings.warn(f"build: the {schedule} schedule for {target.kind.name} does not compile "
+                          f"({_reason(err)}); falling back to {what}", stacklevel=3)
+            scheduled = fallback()
 
 
 def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
@@ -200,6 +234,7 @@ def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
     if missing:
         raise DifferentiationError(f"the outputs read placeholders {missing} that are not in inputs")
     target = resolve_target(target)
+    _schedule.use_all_cores()
     # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
     computed = [t for t in unique_tensors(lowered) if t not in given]

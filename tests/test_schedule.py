@@ -1,0 +1,171 @@
+"""The schedule rules (`tvm_autodiff.schedule`): the hardware model read off the target, rules that
+decline with a reason before they transform anything, the driver's fallbacks (a warning for
+TVM's refusal, an exception for a bug in a rule), and the rule recorded for each block.  Every
+build also checks its numbers against numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import s_tir, te, topi
+
+import tvm_autodiff as ad
+from tvm_autodiff.schedule import (CPU_RULES, CpuConfig, Decline, GpuConfig, ScheduleRule, block_infos,
+                                   cpu_target)
+from tvm_autodiff.schedule.cpu_matmul import MatmulTile
+from tvm_autodiff.schedule.cpu_rows import ParallelOuter
+from tvm_autodiff.schedule.rule import schedule_block
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def llvm(mcpu, **attrs):
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 3, **attrs})
+
+
+@pytest.mark.parametrize("target, vector_bytes", [
+    (llvm("x86-64"), 16),             # SSE2 only
+    (llvm("haswell"), 32),            # AVX2
+    (llvm("skylake-avx512"), 32),     # AVX-512, capped at the measured 256-bit tiles
+    (llvm("cortex-a72", mtriple="aarch64-linux-gnu"), 16),   # NEON
+])
+def test_cpu_config_from_target(target, vector_bytes):
+    config = CpuConfig.of(target)
+    assert (config.vector_bytes, config.cores) == (vector_bytes, 3)
+    assert config.lanes("float32") == vector_bytes // 4
+    assert config.row_lanes("float64") == 2 * vector_bytes // 8
+    assert CpuConfig.of(target, vectorize=False).lanes("float32") == 0
+
+
+def test_gpu_config_from_target():
+    config = GpuConfig.of(tvm.target.Target({"kind": "cuda", "arch": "sm_80", "max_num_threads": 128}))
+    assert (config.threads, config.max_threads) == (128, 128)
+
+
+def test_narrow_target_gets_narrow_vectors():
+    """The same matmul on an SSE2-only target gets 4-lane float32 vectors; values agree."""
+    a, b = te.placeholder((16, 32), name="A"), te.placeholder((32, 24), name="B")
+    k = te.reduce_axis((0, 32), name="k")
+    c = te.compute((16, 24), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    av, bv = rand(16, 32), rand(32, 24)
+    for mcpu, lanes in (("x86-64", 4), (tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")(), 8)):
+        m = ad.build(c, [a, b], target={"kind": "llvm", "mcpu": mcpu})
+        np.testing.assert_allclose(m(av, bv), av @ bv, rtol=1e-4, atol=1e-4)
+        assert m.rules == {"C": "matmul-tile"}
+        assert f"float32x{lanes}" in m.func.script() and f"float32x{2 * lanes}" not in m.func.script()
+
+
+def _schedule_of(tensors, inputs):
+    func = te.create_prim_func(inputs + tensors)
+    return s_tir.Schedule(func), {i.name: i for i in block_infos(func)}
+
+
+def test_rule_declines_with_reason_before_transforming():
+    """A matmul whose body has an exp: the matmul rule declines ("heavy body") and the schedule
+    is untouched; a plain matmul gets a plan."""
+    a, b = te.placeholder((8, 16), name="A"), te.placeholder((16, 8), name="B")
+    k = te.reduce_axis((0, 16), name="k")
+    heavy = te.compute((8, 8), lambda i, j: te.sum(te.exp(a[i, k]) * b[k, j], axis=k), name="C")
+    sch, infos = _schedule_of([heavy], [a, b])
+    before = sch.mod["main"]
+    config = CpuConfig.of(cpu_target())
+    verdict = MatmulTile().plan(sch, infos["C"], config)
+    assert isinstance(verdict, Decline) and "heavy body" in verdict.reason
+    assert tvm_ffi.structural_equal(sch.mod["main"], before)
+    plain = te.compute((8, 8), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    sch, infos = _schedule_of([plain], [a, b])
+    assert not isinstance(MatmulTile().plan(sch, infos["C"], config), Decline)
+
+
+class _Refused(ScheduleRule):
+    """Plans, then asks TVM for something it refuses (inlining an output block)."""
+    name = "refused"
+
+    def plan(self, sch, info, config):
+        return True
+
+    def apply(self, sch, info, plan, config):
+        sch.compute_inline(sch.get_sblock(info.name))
+
+
+class _Buggy(ScheduleRule):
+    name = "buggy"
+
+    def plan(self, sch, info, config):
+        return {}["missing"]
+
+    def apply(self, sch, info, plan, config):
+        raise AssertionError("never planned")
+
+
+def test_tvm_refusal_warns_and_falls_back():
+    x = te.placeholder((64,), name="X")
+    y = te.compute((64,), lambda i: x[i] * 2.0, name="Y")
+    sch, infos = _schedule_of([y], [x])
+    config = CpuConfig.of(cpu_target())
+    with pytest.warns(UserWarning, match="block 'Y': rule refused planned but TVM refused it"):
+        sch, choice = schedule_block(sch, infos["Y"], [_Refused(), ParallelOuter(fuse=True)], config)
+    assert choice.rule == "parallel-outer"
+    assert choice.declined[0][0] == "refused" and choice.declined[0][1].startswith("ScheduleError")
+    assert "T.parallel" in sch.mod["main"].script()
+    m = tvm.compile(sch.mod["main"], target="llvm")
+    xv = rand(64)
+    out = tvm.runtime.tensor(np.zeros(64, "float32"))
+    m(tvm.runtime.tensor(xv), out)
+    np.testing.assert_allclose(out.numpy(), 2 * xv)
+
+
+def test_bug_in_a_rule_propagates():
+    x = te.placeholder((8,), name="X")
+    y = te.compute((8,), lambda i: x[i] + 1.0, name="Y")
+    sch, infos = _schedule_of([y], [x])
+    with pytest.raises(KeyError, match="missing"):
+        schedule_block(sch, infos["Y"], [_Buggy(), *CPU_RULES], CpuConfig.of(cpu_target()))
+
+
+def test_compile_fallback_warns():
+    """LLVM has no vector form of sinh: the vectorized default schedule does not compile, and
+    build() says so and falls back to scalar loops, with the right values."""
+    x = te.placeholder((4, 16), name="X")
+    y = te.compute((4, 16), lambda i, j: te.sinh(x[i, j]), name="Y")
+    with pytest.warns(UserWarning, match="falling back to scalar loops"):
+        m = ad.build(y, [x])
+    xv = rand(4, 16)
+    np.testing.assert_allclose(m(xv), np.sinh(xv), rtol=1e-5)
+    assert "T.vectorized" not in m.func.script()
+
+
+def test_explain_names_each_block_and_reasons():
+    x, w = te.placeholder((6, 20), name="X"), te.placeholder((16, 20), name="W")
+    y = topi.nn.softmax(topi.nn.dense(x, w))
+    m = ad.build(y, [x, w])
+    xv, wv = rand(6, 20), rand(16, 20)
+    z = xv @ wv.T
+    ref = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(m(xv, wv), ref / ref.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
+    text = m.explain()
+    for block, rule in m.rules.items():
+        assert f"{block}: {rule}" in text
+    assert m.rules["T_matmul_NT"] == "dot-tile"
+    assert "not matmul-tile: the inner spatial loop is not contiguous" in text
+    assert ad.build(y, [x, w], schedule=None).rules["T_matmul_NT"] is None
+
+
+def test_cuda_rules_bind_every_block():
+    """On CUDA every top-level block is scheduled by a dlight rule or the thread-binding rule."""
+    x, w = te.placeholder((8, 32), name="X"), te.placeholder((16, 32), name="W")
+    y = topi.nn.relu(topi.nn.dense(x, w))
+    head = te.placeholder(y.shape, name="H")
+    m = ad.build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head], target="cuda")
+    assert m.rules and all(r == "inline" or r.startswith(("dlight.", "thread-bind")) for r in m.rules.values()), m.explain()
+    assert "__global__" in m.source
+    if tvm.cuda(0).exist:
+        xv, wv, hv = rand(8, 32), rand(16, 32), rand(8, 16)
+        ref = ad.build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head])(xv, wv, hv)
+        for a, b in zip(m(xv, wv, hv), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

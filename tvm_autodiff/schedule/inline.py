@@ -1,0 +1,89 @@
+"""Inlining rules: injective blocks into their consumers, and injective output blocks into their
+one injective producer.
+
+Inlining removes a buffer and a loop nest; it is skipped where it would recompute real work: an
+expensive producer (exp, log, ...) read more than once per element, or a producer with selects or
+integer divisions (a zero-padded pooling adjoint feeding a window sum that reads each element K²
+times) read more than MAX_REREADS times per element.  TVM's own refusal (ScheduleError) leaves the
+block materialized, as an ordinary outcome.
+"""
+from __future__ import annotations
+
+from tvm import s_tir
+
+from ..tir.nodes import uses
+from .analysis import block_infos, store_loads
+from .rule import Decline, ScheduleRule, schedule_block
+
+# Reads per element beyond which a producer with selects or gathers stays a block of its own.
+MAX_REREADS = 4
+
+
+class ComputeInline(ScheduleRule):
+    """compute_inline of an injective, non-output block, unless a consumer would recompute it."""
+    name = "inline"
+
+    def __init__(self, volumes: dict):
+        self.volumes = volumes     # block name -> iterations, of the blocks before inlining
+
+    def plan(self, sch, info, config):
+        if not info.injective:
+            return Decline("not injective")
+        if info.is_output:
+            return Decline("writes an output")
+        pv = self.volumes[info.name]
+        for c in sch.get_consumers(sch.get_sblock(info.name)):
+            cv = self.volumes.get(sch.get(c).name_hint)
+            if info.expensive and (cv is None or pv is None or cv > pv):
+                return Decline(f"expensive, and consumer {sch.get(c).name_hint} reads it more than "
+                               "once per element")
+            if not info.copy_like and cv is not None and pv is not None and cv > MAX_REREADS * pv:
+                return Decline(f"has selects or divisions, and consumer {sch.get(c).name_hint} reads "
+                               f"it more than {MAX_REREADS} times per element")
+        return True
+
+    def apply(self, sch, info, plan, config):
+        sch.compute_inline(sch.get_sblock(info.name))
+
+
+class ReverseInline(ScheduleRule):
+    """reverse_compute_inline of a top-level injective output block into its one injective
+    producer (the output is then written by the producer's loop nest)."""
+    name = "reverse-inline"
+
+    def __init__(self, injective: dict):
+        self.injective = injective   # block name -> whether it is injective, before inlining
+
+    def plan(self, sch, info, config):
+        if not (info.injective and info.is_output and info.top_level):
+            return Decline("not a top-level injective output block")
+        producers = sch.get_producers(sch.get_sblock(info.name))
+        if len(producers) != 1 or not self.injective.get(sch.get(producers[0]).name_hint, True):
+            return Decline("does not have exactly one injective producer")
+        # Each output element must come from one producer element: reverse_compute_inline
+        # crashes on a block with an iter var that no index of the producer's buffer uses
+        # (docs/tvm-0.27.md, "reverse_compute_inline crashes on broadcast axes").
+        written = [w.source for w in sch.get(producers[0]).writes]
+        reads = [l for l in store_loads(sch, info) if any(l.source.same_as(b) for b in written)]
+        if any(not all(any(uses(i, iv.var) for i in l.indices) for iv in info.iter_vars) for l in reads):
+            return Decline("an iter var does not index the producer's buffer (a broadcast)")
+        return True
+
+    def apply(self, sch, info, plan, config):
+        sch.reverse_compute_inline(sch.get_sblock(info.name))
+
+
+def inline_injective(sch: s_tir.Schedule, config=None) -> tuple[s_tir.Schedule, dict]:
+    """`sch` with the inlining rules applied (module docstring), and {block name: Choice} for
+    every block the rules considered."""
+    infos = block_infos(sch.mod["main"])
+    choices = {}
+    rule = ComputeInline({i.name: i.volume() for i in infos})
+    for info in infos:
+        if info.injective and not info.is_output:
+            sch, choices[info.name] = schedule_block(sch, info, [rule], config, warn=False)
+    rule = ReverseInline({i.name: i.injective for i in infos})
+    for info in infos:
+        if info.injective and info.is_output and info.top_level:
+            sch, choices[info.name] = schedule_block(sch, info, [rule], config, warn=False)
+    return sch, choices

@@ -1,0 +1,111 @@
+"""Targets and the hardware model that every schedule rule reads.
+
+`CpuConfig.of(target)` and `GpuConfig.of(target)` turn a target into the few numbers the rules
+need (vector width, cores, thread limits), so no rule carries a hardware literal of its own.
+Cache sizes are constants here, each with the measurement that chose it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import tvm
+
+# Widest machine vector the register-tile model uses.  The tiles (`_matmul_tile`, dot tiles) were
+# chosen and measured with 256-bit vectors and 16 vector registers (AVX2); on AVX-512 targets
+# they still use 256-bit vectors (this project's benchmark CPU, a znver5, has AVX-512), which
+# keeps the measured tiles.  See README, "Schedules".
+MAX_VECTOR_BYTES = 32
+# L1 data cache assumed by the matmul panel-packing test: a B panel larger than this is copied
+# contiguously.  Chosen on the 1000x2000x1000 GEMM (62 -> 41 ms with packing).
+L1_BYTES = 32 * 1024
+# Vector registers available for accumulators: AVX2 has 16, one holds the broadcast operand and a
+# few the loaded B vectors.
+MAX_ACCUMULATORS = 12
+# Threads per block that the project's own GPU rule binds (dlight picks its own).
+GPU_THREADS = 256
+
+
+def host_cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_all_cores() -> None:
+    """Give TVM's CPU thread pool one thread per core this process may use (unless the user set
+    TVM_NUM_THREADS).  TVM's default halves the logical CPU count on x86 to skip hyper-threads
+    (docs/tvm-0.27.md, "thread pool halves the cores"), which on a VM with one thread per core
+    leaves every parallel loop on one core.  The pool reads the variable when it starts, at the
+    first parallel kernel, so `build` calls this before it compiles anything."""
+    import psutil
+    physical = psutil.cpu_count(logical=False) or host_cores()
+    os.environ.setdefault("TVM_NUM_THREADS", str(max(1, min(host_cores(), physical))))
+
+
+def cpu_target(num_cores: Optional[int] = None, **attrs) -> tvm.target.Target:
+    """llvm target for this host: the real CPU name (docs/tvm-0.27.md, "mcpu=native is not
+    resolved") and `num-cores`, which meta_schedule requires and the parallel runtime uses."""
+    mcpu = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")()
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores or host_cores(),
+                              **attrs})
+
+
+def cuda_arch() -> str:
+    """The arch of CUDA device 0, or sm_80 when there is no GPU."""
+    dev = tvm.cuda(0)
+    return "sm_" + dev.compute_version.replace(".", "") if dev.exist else "sm_80"
+
+
+# Machine vector bytes by target feature, widest first.  (LLVM's own vector-width query answers
+# for the host, not for the target's mcpu.)
+_VECTOR_FEATURES = (("avx512f", 64), ("avx", 32), ("sse2", 16), ("neon", 16))
+
+
+def _bits(dtype) -> int:
+    return tvm.runtime.DataType(str(dtype)).bits
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    """What the CPU rules know of the target.
+
+    cores: parallel threads (the target's num-cores).  vector_bytes: one machine vector, from the
+    target's features (`_VECTOR_FEATURES`), at most MAX_VECTOR_BYTES.  vectorize: False builds scalar loops
+    (the fallback when LLVM has no vector form of an intrinsic, docs/tvm-0.27.md, "no vector form
+    of some intrinsics")."""
+    cores: int
+    vector_bytes: int
+    vectorize: bool = True
+    l1_bytes: int = L1_BYTES
+    max_accumulators: int = MAX_ACCUMULATORS
+
+    @staticmethod
+    def of(target: tvm.target.Target, vectorize: bool = True) -> "CpuConfig":
+        width = next((w for feature, w in _VECTOR_FEATURES
+                      if tvm.target.codegen.target_has_features(feature, target)), 16)
+        cores = int(target.attrs.get("num-cores", host_cores()))
+        return CpuConfig(cores, min(width, MAX_VECTOR_BYTES), vectorize)
+
+    def lanes(self, dtype) -> int:
+        """Elements of `dtype` in one machine vector (0 when vectorization is off)."""
+        return max(1, self.vector_bytes * 8 // _bits(dtype)) if self.vectorize else 0
+
+    def row_lanes(self, dtype) -> int:
+        """Widest vector loop of the row rules: two machine vectors, which LLVM splits into two
+        operations (16 float32 lanes on 256-bit targets; it keeps two independent accumulators
+        per loop)."""
+        return 2 * self.lanes(dtype)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """What the GPU rules know of the target: threads per block for the project's own binding
+    rule, and the target's limit."""
+    threads: int
+    max_threads: int
+
+    @staticmethod
+    def of(target: tvm.target.Target) -> "GpuConfig":
+        limit = int(target.attrs.get("max_num_threads", 1024))
+        return GpuConfig(min(GPU_THREADS, limit), limit)
