@@ -1,6 +1,9 @@
 """tvm_autodiff: reverse-mode automatic differentiation of TVM tensor expressions.
 
-Importing this package also installs `tvm.differentiate` and `tvm.te.gradient`.
+The data flow, one package each: `ir` (the leaf layer: graph walking, expression and reduction
+helpers) -> `frontend` (differentiate) -> `passes` (zero elimination) -> `tir` (TIR rewrites) and
+`schedule` (schedule rules) -> `compile` (build).  Importing this package installs
+`tvm.differentiate` and `tvm.te.gradient`, and changes nothing else.
 """
 from __future__ import annotations
 
@@ -8,16 +11,15 @@ import tvm
 from tvm import te
 
 from . import passes, schedule
-from .build import Compiled, build, compile_ptx
-from .errors import DifferentiationError
-from .index_guard import guard_indices
-from .frontend import Gradients, differentiate, gradient, hessian, jacobian, register_rule
+from .compile import Compiled, build, compile_ptx
 from .counting import Work, explain, work
-
+from .errors import DifferentiationError
+from .frontend import Gradients, differentiate, gradient, hessian, jacobian, register_rule
+from .tir import guard_indices
 
 tvm.differentiate = differentiate
 te.gradient = gradient
-schedule.use_all_cores()
 
-__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx", "differentiate", "explain", "gradient", "guard_indices", "hessian",
-           "jacobian", "passes", "register_rule", "work"]
+__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx",
+           "differentiate", "explain", "gradient", "guard_indices", "hessian", "jacobian", "passes",
+           "register_rule", "schedule", "work"]
