@@ -20,6 +20,7 @@ import numpy as np
 from tvm import te, tirx
 
 import tvm_autodiff as ad
+from tvm_autodiff.ir.expr import is_float
 from tvm_autodiff.ir.graph import TensorMap, placeholders
 
 # -- input generators: gen(rng, shape, dtype) -> array ---------------------------------------------
@@ -56,10 +57,6 @@ def distinct(rng, shape, dtype):
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-
-
-def is_float(t: te.Tensor) -> bool:
-    return str(t.dtype).startswith(("float", "bfloat"))
 
 
 def concrete_shape(t: te.Tensor, sizes: Mapping) -> tuple:

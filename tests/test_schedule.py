@@ -155,6 +155,7 @@ def test_explain_names_each_block_and_reasons():
     ref = np.exp(z - z.max(1, keepdims=True))
     np.testing.assert_allclose(m(xv, wv), ref / ref.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
     text = m.explain()
+    assert ad.explain(m) == text + "\n"
     for block, rule in m.rules.items():
         assert f"{block}: {rule}" in text
     assert m.rules["T_matmul_NT"] == "dot-tile"

@@ -21,6 +21,7 @@ from tvm_autodiff.ir.expr import free_vars, substitute
 from tvm_autodiff.ir.graph import ops_post_order, outputs_of, placeholders, unique_tensors
 from tvm_autodiff.passes import eliminate_zeros
 
+from .compile import Compiled
 from .printing import format_expr, format_range
 
 # Enumerating more distinct outer-loop values than this would take minutes and gigabytes.
@@ -69,7 +70,13 @@ def op_iterations(op, bindings=None) -> int:
 def explain(tensors, file=None, bindings=None) -> str:
     """A readable dump of the graph of `tensors`: each op (producers first) with its shape, axes,
     body and work, then the total, before and after `tvm_autodiff.passes.eliminate_zeros`.
-    Returns the text and also writes it to `file` if given."""
+    Given a `Compiled` (what `build` returns), the schedule rule of each of its blocks and why the
+    rules before it declined.  Returns the text and also writes it to `file` if given."""
+    if isinstance(tensors, Compiled):
+        text = tensors.explain() + "\n"
+        if file is not None:
+            file.write(text)
+        return text
     tensors = [tensors] if isinstance(tensors, te.Tensor) else list(tensors)
     sections = [("before", tensors), ("after eliminate_zeros", [eliminate_zeros(t) for t in tensors])]
     lines, totals = [], []
