@@ -275,20 +275,31 @@ def test_matmul_register_tile():
     assert 'scope="local"' in m.func.script()
 
 
-def test_matmul_expensive_factor_hoisted():
-    """softmax(X·Wᵀ): the input and weight gradients are matmuls of W or X with an elementwise
-    softmax gradient (exp) that differentiation inlines into them.  The default schedule computes
-    that factor once per element in a block of its own, so the matmuls get the register tile."""
+def test_matmul_expensive_factor_computed_once():
+    """softmax(X·Wᵀ): the input and weight gradients are matmuls of W or X with the elementwise
+    softmax gradient (exp).  That gradient is computed once per element, in a block of its own
+    (both matmuls load it, so it is not inlined), and the matmuls get the register tile."""
     x, w = te.placeholder((6, 20), name="X"), te.placeholder((16, 20), name="W")
     y = topi.nn.softmax(topi.nn.dense(x, w))
     got = check(y, [x, w], {x: rand(6, 20), w: rand(16, 20)})
     assert len(got) == 3
     head = te.placeholder(y.shape, name="H")
     m = build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head])
-    for name in ("dX_from_T_matmul_NT", "dW_from_T_matmul_NT"):
-        assert m.rules[name] == "matmul-tile", m.explain()
-        assert m.rules[name + "_factor"] == "vector-rows", m.explain()
-    assert m.rules["T_softmax_exp"] == "inline"
+    assert m.rules["dX_from_T_matmul_NT"] == m.rules["dW_from_T_matmul_NT"] == "matmul-tile", m.explain()
+    assert m.rules["dT_matmul_NT"] == "vector-rows", m.explain()
+
+
+def test_matmul_factor_block():
+    """A matmul whose body holds a column-invariant exp (as differentiation writes an inlined
+    elementwise gradient): the factor-blocks pass computes it once per element in a block of its
+    own, and the matmul gets the register tile."""
+    a, b = te.placeholder((8, 32), name="A"), te.placeholder((32, 24), name="B")
+    k = te.reduce_axis((0, 32), name="k")
+    c = te.compute((8, 24), lambda i, j: te.sum(te.exp(a[i, k]) * b[k, j], axis=k), name="C")
+    m = build(c, [a, b])
+    av, bv = rand(8, 32), rand(32, 24)
+    np.testing.assert_allclose(m(av, bv), np.exp(av) @ bv, rtol=1e-4, atol=1e-4)
+    assert m.rules == {"C_factor": "vector-rows", "C": "matmul-tile"}, m.explain()
 
 
 def test_matmul_nt_register_tile():

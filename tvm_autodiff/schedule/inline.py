@@ -4,19 +4,29 @@ one injective producer.
 Inlining removes a buffer and a loop nest; it is skipped where it would recompute real work: an
 expensive producer (exp, log, ...) read more than once per element, or a producer with selects or
 integer divisions (a zero-padded pooling adjoint feeding a window sum that reads each element K²
-times) read more than MAX_REREADS times per element.  TVM's own refusal (ScheduleError) leaves the
-block materialized, as an ordinary outcome.
+times) read more than MAX_REREADS times per element.  It is also skipped for a producer that its
+consumers load more than once (unless its value is a single load or a constant): inlining copies
+the producer's expression into every load, so along a chain of such ops (`t = t·t/2 + t`, or the
+steps of a recurrence) the code would grow by that factor per op; materialized, the TIR stays
+linear in the size of the graph, and no value is computed twice.  TVM's own refusal
+(ScheduleError) leaves the block materialized, as an ordinary outcome.
 """
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
-from ..tir.nodes import uses
+from ..tir.nodes import LOAD_TYPE, loads, uses
 from .analysis import block_infos, store_loads
 from .rule import Decline, ScheduleRule, schedule_block
 
 # Reads per element beyond which a producer with selects or gathers stays a block of its own.
 MAX_REREADS = 4
+
+
+def _leaf_value(body) -> bool:
+    """Whether a block's body stores a single load or a constant (inlining it anywhere costs no
+    code)."""
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, (LOAD_TYPE, tirx.IntImm, tirx.FloatImm))
 
 
 class ComputeInline(ScheduleRule):
@@ -31,6 +41,8 @@ class ComputeInline(ScheduleRule):
             return Decline("not injective")
         if info.is_output:
             return Decline("writes an output")
+        if len(info.writes) != 1:
+            return Decline("does not write exactly one buffer (an extern block)")
         pv = self.volumes[info.name]
         for c in sch.get_consumers(sch.get_sblock(info.name)):
             cv = self.volumes.get(sch.get(c).name_hint)
@@ -40,6 +52,14 @@ class ComputeInline(ScheduleRule):
             if not info.copy_like and cv is not None and pv is not None and cv > MAX_REREADS * pv:
                 return Decline(f"has selects or divisions, and consumer {sch.get(c).name_hint} reads "
                                f"it more than {MAX_REREADS} times per element")
+        block = sch.get(sch.get_sblock(info.name))
+        if not _leaf_value(block.body):
+            buffer = info.writes[0].source
+            reads = sum(1 for c in sch.get_consumers(sch.get_sblock(info.name))
+                        for l in loads(sch.get(c).body) if l.source.same_as(buffer))
+            if reads > 1:
+                return Decline(f"its consumers load it {reads} times: inlining would copy it into "
+                               "each load")
         return True
 
     def apply(self, sch, info, plan, config):
@@ -60,6 +80,10 @@ class ReverseInline(ScheduleRule):
         producers = sch.get_producers(sch.get_sblock(info.name))
         if len(producers) != 1 or not self.injective.get(sch.get(producers[0]).name_hint, True):
             return Decline("does not have exactly one injective producer")
+        if len(sch.get_consumers(producers[0])) != 1:
+            # TVM would merge it anyway and leave the other consumers reading a buffer that no
+            # longer exists (docs/tvm-0.27.md, "reverse_compute_inline ignores other consumers").
+            return Decline("its producer has other consumers")
         # Each output element must come from one producer element: reverse_compute_inline
         # crashes on a block with an iter var that no index of the producer's buffer uses
         # (docs/tvm-0.27.md, "reverse_compute_inline crashes on broadcast axes").
@@ -67,6 +91,9 @@ class ReverseInline(ScheduleRule):
         reads = [l for l in store_loads(sch, info) if any(l.source.same_as(b) for b in written)]
         if any(not all(any(uses(i, iv.var) for i in l.indices) for iv in info.iter_vars) for l in reads):
             return Decline("an iter var does not index the producer's buffer (a broadcast)")
+        if len(reads) > 1 and not _leaf_value(sch.get(producers[0]).body):
+            return Decline(f"it loads its producer {len(reads)} times: merging would copy the "
+                           "producer into each load")
         return True
 
     def apply(self, sch, info, plan, config):
