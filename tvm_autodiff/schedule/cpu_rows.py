@@ -203,6 +203,7 @@ class Nested(ScheduleRule):
     """A block nested in another block's loops (whose enclosing block is parallel already): only
     its reduction is decomposed, which also initializes zero-extent reductions."""
     name = "nested"
+    atomic = True
 
     def plan(self, sch, info, config):
         if info.top_level:
@@ -222,6 +223,7 @@ class Prescheduled(ScheduleRule):
     """A block whose loops the TIR pass that built it already scheduled (the edge and interior
     regions of a partitioned window reduction, `tir.window_partition`): kept as it is."""
     name = "prescheduled"
+    atomic = True
 
     def plan(self, sch, info, config):
         if all(l.serial for l in block_loops(sch, info)):

@@ -32,6 +32,7 @@ def _leaf_value(body) -> bool:
 class ComputeInline(ScheduleRule):
     """compute_inline of an injective, non-output block, unless a consumer would recompute it."""
     name = "inline"
+    atomic = True
 
     def __init__(self, volumes: dict):
         self.volumes = volumes     # block name -> iterations, of the blocks before inlining
@@ -70,6 +71,7 @@ class ReverseInline(ScheduleRule):
     """reverse_compute_inline of a top-level injective output block into its one injective
     producer (the output is then written by the producer's loop nest)."""
     name = "reverse-inline"
+    atomic = True
 
     def __init__(self, injective: dict):
         self.injective = injective   # block name -> whether it is injective, before inlining

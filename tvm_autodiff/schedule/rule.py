@@ -40,8 +40,11 @@ class Choice:
 
 
 class ScheduleRule(abc.ABC):
-    """A schedule for one kind of block.  `name` is what reports and tests see."""
+    """A schedule for one kind of block.  `name` is what reports and tests see.  `atomic`: apply
+    is one schedule primitive, which checks before it changes anything, so the driver need not
+    work on a copy (copying the schedule costs time linear in the function, per block)."""
     name: str = ""
+    atomic: bool = False
 
     @abc.abstractmethod
     def plan(self, sch: s_tir.Schedule, info: BlockInfo, config):
@@ -68,7 +71,7 @@ def schedule_block(sch: s_tir.Schedule, info: BlockInfo, rules, config,
         if isinstance(plan, Decline):
             declined.append((rule.name, plan.reason))
             continue
-        trial = sch.copy()
+        trial = sch if rule.atomic else sch.copy()
         try:
             rule.apply(trial, info, plan, config)
         except s_tir.ScheduleError as err:
