@@ -15,6 +15,12 @@ the other atoms A (tensor loads, products, floats, ...), S = S_isl ∩ A, and is
 
 so Σ_{k ∈ R} select(c, v, 0) = select(outer_cond, Σ_{k ∈ B} select(residual, v, 0), 0) for i ∈ C.
 Outer-only atoms of A are lifted into outer_cond instead of the residual.
+
+A variable may have no range (the solver's fresh variables range over all of Z): its bounds then
+come from c alone.  When S_isl(i) is unbounded for some i ∈ C (the real bounds sit in atoms of A),
+there is no box, and `reduction_domain` says so with None.  Symbolic shape variables (free
+variables in neither list) are parameters without a range, so a bound such as k < b stays exact
+in b instead of being clipped to a placeholder range.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache, reduce
 from math import lcm
-from typing import Sequence
+from typing import Optional, Sequence
 
 import islpy as isl
 import tvm_ffi
@@ -269,6 +275,7 @@ def from_isl_pw_aff(pa: isl.PwAff, vars, params, dtype: str, context: isl.Set | 
 @dataclass(frozen=True)
 class _Analysis:
     empty: bool
+    bounded: bool           # S_isl(i) is finite for every i ∈ C
     domain: isl.Set         # D, on the parameters
     outer: isl.Set          # gist(D, C)
     lo: tuple               # PwAff per dim, on D
@@ -284,7 +291,9 @@ def _analyze(set_str: str, context_str: str) -> _Analysis:
     s = isl.Set(set_str).intersect_params(context)
     dom = s.params()
     if dom.is_empty():
-        return _Analysis(True, dom, dom, (), (), (), s)
+        return _Analysis(True, True, dom, dom, (), (), (), s)
+    if not s.is_bounded():   # isl's dim_min/dim_max fail on an unbounded optimum
+        return _Analysis(False, False, dom, dom, (), (), (), s)
     n = s.dim(isl.dim_type.set)
     lo, hi, sides = [], [], []
     for d in range(n):
@@ -298,13 +307,16 @@ def _analyze(set_str: str, context_str: str) -> _Analysis:
     box = reduce(isl.Set.flat_product, sides) if sides else isl.Set.universe(s.get_space())
     extent = tuple((h - l).add_constant_val(1) for l, h in zip(lo, hi))
     residual = s.gist(box.intersect_params(dom))
-    return _Analysis(False, dom, dom.gist(context), tuple(lo), tuple(hi), extent, residual)
+    return _Analysis(False, True, dom, dom.gist(context), tuple(lo), tuple(hi), extent, residual)
 
 
 def _range_parts(triples, names) -> list:
-    """isl constraints min <= v < min + extent, or _NotPresburger."""
+    """isl constraints min <= v < min + extent (none for a variable without a range), or
+    _NotPresburger."""
     parts = []
     for v, lo, ext in triples:
+        if lo is None:
+            continue
         lo_s = _aff_str(lo, names)
         parts.append(f"{lo_s} <= {names[v]} < {lo_s} + {_aff_str(ext, names)}")
     return parts
@@ -318,17 +330,19 @@ def _int_vars(exprs) -> list:
     return list(seen)
 
 
-def reduction_domain(reduce_vars, outer_vars, cond) -> ReductionDomain:
-    """The exact domain of Σ_k select(cond, ·, 0) (module docstring).
+def reduction_domain(reduce_vars, outer_vars, cond) -> Optional[ReductionDomain]:
+    """The exact domain of Σ_k select(cond, ·, 0) (module docstring); None when it has no
+    bounding box (a reduce variable without a range that cond does not bound either).
 
     reduce_vars, outer_vars: sequences of (Var, min, extent); min and extent may depend on the
-    outer variables.  Free integer variables of cond that are in neither list are treated as
-    unbounded outer variables.  Ranges isl cannot represent give the trivial domain (the given
-    ranges as the box, cond as the residual)."""
+    outer variables, and a reduce variable's are None when it ranges over all integers.  Free
+    integer variables of cond that are in neither list are treated as unbounded outer variables.
+    Ranges isl cannot represent give the trivial domain (the given ranges as the box, cond as the
+    residual), or None when a reduce variable has no range."""
     cond = _node(cond)
     red = [v for v, _, _ in reduce_vars]
     given = [v for v, _, _ in outer_vars]
-    exprs = [cond] + [e for _, lo, ext in [*reduce_vars, *outer_vars] for e in (lo, ext)]
+    exprs = [cond] + [e for _, lo, ext in [*reduce_vars, *outer_vars] for e in (lo, ext) if e is not None]
     known = set(red) | set(given)
     params = given + [v for v in _int_vars(exprs) if v not in known]
     names = isl_names(red, params)
@@ -338,6 +352,8 @@ def reduction_domain(reduce_vars, outer_vars, cond) -> ReductionDomain:
         ana.bind(v, Range.from_min_extent(lo, ext))
 
     def trivial():
+        if any(lo is None for _, lo, _ in reduce_vars):
+            return None
         return ReductionDomain(tuple(AxisBound(v, lo, ext) for v, lo, ext in reduce_vars),
                                TRUE, cond, False)
 
@@ -348,14 +364,15 @@ def reduction_domain(reduce_vars, outer_vars, cond) -> ReductionDomain:
         return trivial()
     parts, atoms = _split(cond, names)
     a = _analyze(_set_str(ranges + parts, len(red), len(params)), context)
-    return _build(a, reduce_vars, params, atoms, dtype, ana)
+    return _build(a, reduce_vars, params, atoms, dtype, ana) if a.bounded else None
 
 
 def _build(a: _Analysis, reduce_vars, params, atoms, dtype, ana) -> ReductionDomain:
     """TVM exprs for the analysis a; atoms mentioning no reduce variable join outer_cond."""
     red = [v for v, _, _ in reduce_vars]
     if a.empty:
-        axes = tuple(AxisBound(v, lo, tirx.const(0, str(v.ty.dtype))) for v, lo, _ in reduce_vars)
+        axes = tuple(AxisBound(v, tirx.const(0, str(v.ty.dtype)) if lo is None else lo,
+                               tirx.const(0, str(v.ty.dtype))) for v, lo, _ in reduce_vars)
         return ReductionDomain(axes, FALSE, FALSE, True)
     red_set = set(red)
     has_red = [any(v in red_set for v in _int_vars([c])) for c in atoms]

@@ -28,9 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import tvm
 import tvm_ffi
-from tvm import sym, te, tirx
+from tvm import te, tirx
 from tvm.ir import Call
 
 from tvm_autodiff.ir.expr import TRUE, cast, free_vars, is_const, is_float, loads_only, reads, simplify, substitute
@@ -42,12 +41,6 @@ from .domain import reduction_domain
 from .nonzero import conjunction, conjuncts, disjoint_dnf, monomials, nonzero, same
 from .padding import padded_window
 from .scatter import scatter_add, scatter_atom
-
-# Fresh variables from the solver are unbounded; isl derives their real bounds from the ranges
-# of the variables they replace.  This only has to be larger than any tensor extent, and twice
-# it must still fit int32.
-UNBOUNDED = 1 << 29
-
 
 @dataclass(frozen=True)
 class Term:
@@ -124,7 +117,8 @@ def _is_index_eq(a) -> bool:
 class Solved:
     """Σ_{red} [∧ conds] · value once the index equalities are solved (step 2): the solved reduce
     variables are substituted away, and their ranges became conditions on what replaced them.
-    `red`: ((var, min, extent), ...), the unsolved reduce variables and the solver's fresh ones."""
+    `red`: ((var, min, extent), ...), the unsolved reduce variables and the solver's fresh ones,
+    which range over all integers (min and extent None): their bounds are in `conds` only."""
     conds: tuple
     value: object
     red: tuple
@@ -155,8 +149,7 @@ def solve_term(atoms: list, value, red: list) -> Optional[Solved]:
     conds += list(sol.conditions) + [tirx.EQ(l, r) for l, r in sol.unused]
     conds += [c for v, lo, ext in red if v in sub for c in (sub[v] >= lo, sub[v] < lo + ext)]
     remaining = [(v, lo, ext) for v, lo, ext in red if v not in sub]
-    remaining += [(t, tirx.const(-UNBOUNDED, str(t.ty.dtype)), tirx.const(2 * UNBOUNDED, str(t.ty.dtype)))
-                  for t in sol.fresh]
+    remaining += [(t, None, None) for t in sol.fresh]
     return Solved(tuple(substitute(c, sub) for c in conds), substitute(value, sub), tuple(remaining))
 
 
@@ -192,13 +185,13 @@ def reduce_term(atoms: list, value, outer: list, red: list, scatter: bool = True
     if padded is not None:
         return _padded_term(*padded)
     dom = reduction_domain(list(solved.red), outer, conjunction(list(solved.conds)))
+    if dom is None:
+        # A fresh variable whose real bounds sit in atoms isl cannot read (e.g. select window
+        # bounds, or a select extent) has no box.  Keep the term as it came, in the original
+        # reduce variables.
+        return Term(TRUE, tuple((v, ext) for v, _, ext in red), _in_original_box(atoms, value, red))
     if dom.empty:
         return None
-    if _unbounded(dom, outer):
-        # A fresh variable whose real bounds sit in atoms isl cannot read (e.g. select window
-        # bounds, or a select extent): its box is the solver's placeholder range.  Keep the
-        # term as it came, in the original reduce variables.
-        return Term(TRUE, tuple((v, ext) for v, _, ext in red), _in_original_box(atoms, value, red))
     box = deskew(dom, solved.value)
     term = _scatter_term(box, dom.outer_cond, outer) if scatter else None
     return term if term is not None else _masked_term(box, dom.outer_cond)
@@ -244,14 +237,6 @@ def _masked_term(box: Box, outer_cond) -> Term:
         body = tirx.Select(index_cond, body, zero)
         outer_cond = conjunction(on_data)
     return Term(outer_cond, tuple(axes), simplify(body))
-
-
-def _unbounded(dom, outer) -> bool:
-    """Whether some axis of dom may be as long as the solver's placeholder range."""
-    ana = sym.Analyzer()
-    for v, lo, ext in outer:
-        ana.bind(v, tvm.ir.Range.from_min_extent(lo, ext))
-    return any(ana.const_int_bound(b.extent).max_value >= UNBOUNDED for b in dom.axes)
 
 
 def _in_original_box(atoms: list, value, red: list):

@@ -69,9 +69,10 @@ def _in_bounds(atom, load) -> bool:
 
 def _box(atoms: list, red: list) -> tuple[dict, list]:
     """({var: (lo, hi)} for the reduce variables, tightened by the atoms that bound one of them by
-    a constant; the other atoms)."""
-    box = {v: (lo.value, lo.value + ext.value) for v, lo, ext in red
-           if isinstance(lo, tirx.IntImm) and isinstance(ext, tirx.IntImm)}
+    a constant; the other atoms).  A variable without a range (a fresh one of the solver) starts
+    from (-inf, inf)."""
+    box = {v: (-math.inf, math.inf) if lo is None else (lo.value, lo.value + ext.value) for v, lo, ext in red
+           if lo is None or isinstance(lo, tirx.IntImm) and isinstance(ext, tirx.IntImm)}
     rest = []
     for a in atoms:
         bound = _bound(a)
@@ -97,7 +98,7 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
     zero-padded Tp instead.  None when the atoms say more, when a range or T's shape is not
     constant, or when padding would more than MAX_PAD_RATIO-fold T.
 
-    outer, red: [(var, min, extent)] (red may hold the solver's unbounded fresh variables);
+    outer, red: [(var, min, extent)] (red may hold the solver's fresh variables, without a range);
     box: [(var, min, extent)] with constant bounds."""
     if not all(isinstance(x, tirx.IntImm) for _, lo, ext in outer for x in (lo, ext)):
         return None

@@ -29,6 +29,8 @@ from op_table import IDS, differentiated
 from tvm_autodiff.counting import op_iterations
 from tvm_autodiff.ir.graph import ops_post_order, placeholders
 from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
+from tvm_autodiff.ir.expr import simplify, substitute
+from tvm_autodiff.passes.domain import reduction_domain
 from tvm_autodiff.passes.eliminate import ceil_divisions, reduce_term, split_terms
 from tvm_autodiff.passes.nonzero import disjoint_dnf, monomials, nonzero
 
@@ -598,6 +600,36 @@ def test_bug_eliminate_zeros_twice_leaks_unbounded_axis():
     H = te.placeholder(Y.shape, F64, name="H")
     (dX,) = ad.differentiate(Y, [X], head=H)
     assert ad.work(eliminate_zeros(dX)).iterations <= ad.work(dX).iterations
+
+
+
+def test_bug_symbolic_extent_lost_zero_elimination():
+    """dense(X, W) with X (b, 5): the solver's fresh batch variable got a placeholder range
+    [-2^29, 2^29), isl bounded it by min(2^29, b), and the pass took that for unbounded and kept
+    the whole (b, 4, 5) box per element of dW.  Fresh variables now range over Z and isl bounds
+    them by b exactly: the work at b = 3 is the static case's, and the values agree."""
+    b = te.var("b")
+    X, W = te.placeholder((b, 5), F64, name="X"), te.placeholder((4, 5), F64, name="W")
+    Y = topi.nn.dense(X, W)
+    rng = np.random.default_rng(0)
+    x, w, h = rng.standard_normal((3, 5)), rng.standard_normal((4, 5)), rng.standard_normal((3, 4))
+    (_, naive), (_, opt), (_, dW) = _on_off(Y, [X, W], [x, w], h)
+    np.testing.assert_allclose(opt, h.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(naive, opt, rtol=1e-12)
+    assert ad.work(dW, bindings={"b": 3}).iterations == 3 * 4 * 5
+
+
+def test_reduction_domain_of_a_variable_without_range():
+    """A reduce variable given as (k, None, None) ranges over Z: its box comes from the
+    condition alone, exact in a symbolic bound b; with no bound at all there is no box (None)."""
+    k, b = tirx.Var("k", I32), tirx.Var("b", I32)
+    dom = reduction_domain([(k, None, None)], [], tirx.all(k >= 0, k < b))
+    env = lambda v: {b: tirx.const(v, I32)}  # noqa: E731
+    for bv in range(1, 6):
+        assert int(simplify(substitute(dom.axes[0].extent, env(bv))).value) == bv
+        assert bool(simplify(substitute(dom.outer_cond, env(bv))).value)
+    assert not bool(simplify(substitute(dom.outer_cond, env(0))).value)
+    assert reduction_domain([(k, None, None)], [], k >= 0) is None
 
 
 # -- padding.py ------------------------------------------------------------------------------------
