@@ -6,8 +6,11 @@ The tangent is in op's own axis and reduce-axis variables, `seed` is the forward
 tensor reads (`rules.jvp`), and `fwd` builds the forward helper tensors once per consumer op:
 
 - sum:      ∂Y = Σ_k ∂s(i, k)
-- max/min:  ∂Y = Σ_k [k == argmax_k s(i, k)] · ∂s(i, k), with a forward argmax tensor (ties go to
-            the first index, as in PyTorch), so the gradient costs about one forward pass;
+- max/min:  PyTorch's conventions for ties.  With output axes (max(dim), max_pool),
+            ∂Y = Σ_k [k == argmax_k s(i, k)] · ∂s(i, k), with a forward argmax tensor (ties go to the
+            first index); over all axes, to a 0-d Y (x.max()), the tied extrema share it evenly:
+            ∂Y = Σ_k [s(k) = Y] · ∂s(k) / #{k : s(k) = Y}, with a forward tie count (a NaN Y ties
+            with the NaN elements).  Either costs about one forward pass;
 - prod:     ∂Y = Σ_k Π_{k' ≠ k} s(i, k') · ∂s(i, k), the product of the others read off two forward
             tensors, the zero count Z[i] and the product P[i] of the nonzero factors:
             Z = 0: P / s;  Z = 1 and s = 0: P;  otherwise 0.  About one forward pass more, and
@@ -114,8 +117,8 @@ def _generic(fwd: "ForwardTensors", op: te.ComputeOp, w: int, heads: Sequence, s
 REDUCER_RULES: dict[str, Callable] = {
     "sum": _own_source(lambda fwd, op, w, ds: ds),
     "prod": _own_source(lambda fwd, op, w, ds: fwd.product_of_others(op, w) * ds),
-    "max": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_arg_extremum(op, w), ds)),
-    "min": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_arg_extremum(op, w), ds)),
+    "max": _own_source(lambda fwd, op, w, ds: fwd.extremum_tangent(op, w, ds)),
+    "min": _own_source(lambda fwd, op, w, ds: fwd.extremum_tangent(op, w, ds)),
     "selection": _own_source(lambda fwd, op, w, ds: _masked(fwd.is_selected(op), ds)),
     "generic": _generic,
 }
@@ -137,8 +140,19 @@ class ForwardTensors:
 
     def __init__(self):
         self._position: dict = {}
+        self._ties: dict = {}
         self._prod: dict = {}
         self._pair: dict = {}
+
+    def extremum_tangent(self, op: te.ComputeOp, v: int, ds):
+        """The tangent of max/min value v (see the module docstring): to the first extremal position
+        when op has output axes, shared among the tied extrema when op is 0-d."""
+        if op.axis:
+            return _masked(self.is_arg_extremum(op, v), ds)
+        if (op, v) not in self._ties:
+            self._ties[(op, v)] = _tie_count(op, v)
+        count = tirx.Cast(str(ds.ty.dtype), self._ties[(op, v)]())
+        return _masked(_is_tie(op.body[v].source[v], op.output(v)()), ds / count)
 
     def is_arg_extremum(self, op: te.ComputeOp, v: int):
         """[k == argmax_k s_v(i, k)], in op's variables, from a forward argmax tensor.  One linear
@@ -206,6 +220,22 @@ def _arg_extremum(op: te.ComputeOp, v: int) -> te.Tensor:
     sources = [substitute(r0.source[v], vmap), _linear_index(new_red, idt)]
     new_op = compute_op(op.name + "_argext", "", None, op.axis, multi_reduce(combiner, sources, new_red))
     return new_op.output(1)
+
+
+def _is_tie(s, y):
+    """isnan(y) ? isnan(s) : s == y, PyTorch's mask for x.max().  One select, not an Or that the
+    passes would split into s == y and s != y && ..., because TVM's simplifier folds x != x to
+    false and compiles `!=` as false when either side is NaN (tests/test_conventions.py)."""
+    return tirx.Select(tirx.isnan(y), tirx.isnan(s), s == y)
+
+
+def _tie_count(op: te.ComputeOp, v: int) -> te.Tensor:
+    """Forward 0-d tensor #{k : s_v(k) ties Y_v} (int32) of the 0-d max/min op."""
+    red = fresh_reduce_axes(op.reduce_axis)
+    s = substitute(op.body[v].source[v], {a.var: b.var for a, b in zip(op.reduce_axis, red)})
+    one, zero = tirx.const(1, "int32"), tirx.const(0, "int32")
+    ties = te.sum(tirx.Select(_is_tie(s, op.output(v)()), one, zero), axis=red)
+    return compute_op(op.name + "_ties", "", None, [], [ties]).output(0)
 
 
 def _selected_position(op: te.ComputeOp) -> te.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
-from tvm import tirx
+from tvm import sym, tirx
 from tvm.ir import Call, Var
 
 from tvm_autodiff.ir.expr import is_float
@@ -71,16 +71,32 @@ def _zero(e, d) -> Tangent:
     return None
 
 
+def _scale_unless(cond, factor, t: Tangent, like) -> Tangent:
+    """factor·t, but exactly 0 where cond holds.  A cond that folds to a constant leaves no select:
+    a constant exponent or base (x³, 2ˣ) keeps its plain derivative."""
+    cond = sym.Analyzer().simplify(cond)
+    if isinstance(cond, tirx.IntImm):
+        return None if cond.value else scale(factor, t)
+    return select(cond, None, scale(factor, t), like)
+
+
 def _pow(e, d):
+    """d(x^y) = y·x^(y-1)·dx + x^y·log(x)·dy, with PyTorch's values where the formula is 0·∞:
+    the dx term is 0 for y = 0 (not 0·0⁻¹ = NaN at x = 0), and the dy term is 0 for x = 0, y ≥ 0
+    (not 0·log 0 = NaN, or 1·log 0 = −∞ at y = 0).  Elsewhere at x = 0 the formula already gives
+    PyTorch's values (±∞ for 0 < y < 1 and y < 0)."""
     x, y = e.args
-    dx, dy = d(x), d(y)
-    return add(scale(y * tirx.pow(x, y - const(1.0, y)), dx), scale(e * tirx.log(x), dy))
+    zero = const(0.0, e)
+    return add(_scale_unless(y == zero, y * tirx.pow(x, y - const(1.0, y)), d(x), e),
+               _scale_unless(tirx.And(x == zero, y >= zero), e * tirx.log(x), d(y), e))
 
 
 def _atan2(e, d):
+    # At the origin 0/0: PyTorch gives 0 there, and so do we.
     y, x = e.args
     r2 = x * x + y * y
-    return sub(scale(x / r2, d(y)), scale(y / r2, d(x)))
+    at_origin = r2 == const(0.0, r2)
+    return sub(_scale_unless(at_origin, x / r2, d(y), e), _scale_unless(at_origin, y / r2, d(x), e))
 
 
 def _hypot(e, d):
@@ -94,11 +110,13 @@ def _trunc_mod(a, b, d):
 
 
 def _copysign(e, d):
-    # copysign(x, y) = ±x with the sign of y: piecewise ±identity in x, constant in y.
+    # copysign(x, y) = ±x with the sign of y: piecewise ±identity in x, constant in y.  The factor
+    # is sign(x)·sign(y) read off the sign bits (so y = -0.0 counts as negative), and 0 at x = 0,
+    # as PyTorch's copysign(x, y)/x there.
     x, y = e.args
-    zero = const(0.0, x)
-    same_sign = tirx.Or(tirx.And(x >= zero, y >= zero), tirx.And(x < zero, y < zero))
-    return scale(tirx.Select(same_sign, const(1.0, x), const(-1.0, x)), d(x))
+    one = const(1.0, x)
+    sign = tirx.copysign(one, x) * tirx.copysign(one, y)
+    return _scale_unless(x == const(0.0, x), sign, d(x), e)
 
 
 def _fma(e, d):
@@ -122,8 +140,34 @@ def _if_then_else(e, d):
 
 
 def _fabs(e, d):
+    # sign(x)·dx with sign(0) = 0 and sign(NaN) = 0, as PyTorch's abs backward.
     x = e.args[0]
-    return select(x >= const(0.0, x), d(x), scale(const(-1.0, x), d(x)), e)
+    dx, zero = d(x), const(0.0, x)
+    return select(x > zero, dx, select(x < zero, scale(const(-1.0, x), dx), None, e), e)
+
+
+def _is_constant(e) -> bool:
+    while isinstance(e, tirx.Cast):
+        e = e.value
+    return isinstance(e, (tirx.FloatImm, tirx.IntImm))
+
+
+def _extremum(picks_a: Callable) -> Callable:
+    """The rule of max (picks_a = >) or min (<).  TVM computes max(a, b) as a > b ? a : b, so a NaN
+    operand yields b, and the tangent follows the same choice (tests/test_conventions.py; zero
+    elimination loses it at NaN, a strict xfail there).  Ties split the tangent 0.5/0.5, as
+    PyTorch's maximum/minimum do; a tie with a constant gives 0, as PyTorch's relu does at 0 (and
+    unlike its clamp, whose bounds pass the gradient)."""
+    def rule(e, d):
+        a, b = e.a, e.b
+        da, db = d(a), d(b)
+        if _is_constant(b):    # max(x, c): select(x > c, dx, 0) is 0 at x = c already
+            return select(picks_a(a, b), da, None, e)
+        if _is_constant(a):    # max(c, x): 0 where c wins or ties
+            return select(tirx.Or(picks_a(a, b), a == b), None, db, e)
+        tie = scale(const(0.5, e), add(da, db))
+        return select(a == b, tie, select(picks_a(a, b), da, db, e), e)
+    return rule
 
 
 LN2, LN10 = math.log(2.0), math.log(10.0)
@@ -243,8 +287,8 @@ NODE_RULES: dict[type, Callable] = {
     tirx.FloorDiv: _zero,
     tirx.FloorMod: lambda e, d: sub(d(e.a), scale(tirx.floor(e.a / e.b), d(e.b))),
     tirx.Mod: lambda e, d: _trunc_mod(e.a, e.b, d),  # tirx.truncmod on floats
-    tirx.Min: lambda e, d: select(e.a <= e.b, d(e.a), d(e.b), e),
-    tirx.Max: lambda e, d: select(e.a >= e.b, d(e.a), d(e.b), e),
+    tirx.Min: _extremum(lambda a, b: a < b),
+    tirx.Max: _extremum(lambda a, b: a > b),
     tirx.Select: lambda e, d: select(e.condition, d(e.true_value), d(e.false_value), e),
     tirx.Cast: lambda e, d: None if (dv := d(e.value)) is None else tirx.Cast(str(e.ty.dtype), dv),
     tirx.Let: _let,
