@@ -1,15 +1,21 @@
 """Compile forward and gradient tensors into one callable.
 
 `build(outputs, inputs)` makes one PrimFunc over every output, so tensors that several outputs
-share (forward values that the gradient reads) are computed once.  The PrimFunc is scheduled
+share (forward values that the gradient reads) are computed once.  Its parameters are the
+placeholders and the free scalar variables (te.var) of the graph; variables in placeholder shapes
+are bound from the arrays instead.  Every argument is checked before anything is built.  The PrimFunc is scheduled
 (the rules of `tvm_autodiff.schedule`, or meta_schedule in `tuning.py`), its risky load indices
 are guarded (`tir.index_guard`), and it is compiled for CPU (llvm) or CUDA; compiled modules are
 cached per (PrimFunc structure, target, schedule) within the process.
 """
 from __future__ import annotations
 
+import difflib
+import numbers
+import os
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Mapping
+from typing import Optional
 
 import numpy as np
 import tvm
@@ -17,9 +23,9 @@ import tvm_ffi
 from tvm import sym, te, tirx
 
 from . import schedule as _schedule
-from .errors import DifferentiationError
-from .ir.expr import substitute
-from .ir.graph import TensorMap, placeholders, unique_tensors
+from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
+from .ir.expr import is_float, substitute
+from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
 from .schedule import Choice, Scheduled, block_infos
 from .tir import guard_indices
@@ -27,8 +33,21 @@ from .tir import guard_indices
 _CACHE: dict = {}
 
 
+def _scalar_value(v: tirx.Var, value):
+    """The Python number passed for scalar parameter `v`: an int for an integer variable (a float
+    would be truncated silently), an int or a float for a float one."""
+    value = value.item() if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0 \
+        else value
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if integer or (is_float(v) and isinstance(value, float)):
+        return float(value) if is_float(v) else value
+    need = "a Python or numpy float or int" if is_float(v) else "a Python or numpy int"
+    raise TypeError(f"scalar parameter {v.name!r} ({v.ty.dtype}) needs {need}, got {describe(value)}")
+
+
 class Compiled:
-    """A compiled module: call it with numpy (or DLPack) arrays for `inputs`, get numpy outputs.
+    """A compiled module: call it with numpy (or DLPack) arrays for `inputs` (a number for each
+    scalar parameter), get numpy outputs.
 
     `executable` is the tvm.runtime.Executable; `func` the scheduled PrimFunc; `target` the
     target it was compiled for; `source` the generated CUDA C (GPU targets) or LLVM IR;
@@ -39,7 +58,7 @@ class Compiled:
         # The kernel writes each distinct computed tensor once; outputs that repeat, or that are
         # inputs themselves (a head passed straight through), are filled in from those.
         self.executable, self.inputs, self.requested = executable, inputs, outputs
-        given = TensorMap((t, None) for t in inputs)
+        given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
         self.target, self.scheduled, self.single = target, scheduled, single
         self.func = scheduled.func
@@ -65,24 +84,19 @@ class Compiled:
             return next(m for m in self.executable.mod.imports if m.kind == "cuda").inspect_source()
         return self.executable.mod.inspect_source("ll")
 
-    def _bind(self, arrays) -> dict:
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"expected {len(self.inputs)} arrays for inputs "
-                             f"{[t.name for t in self.inputs]}, got {len(arrays)}")
-        env = {}
-        for t, a in zip(self.inputs, arrays):
-            if str(a.dtype) != str(t.dtype) or len(a.shape) != len(t.shape):
-                raise ValueError(f"input {t.name!r} must be {t.dtype} with {len(t.shape)} dims, "
-                                 f"got {a.dtype} with shape {tuple(a.shape)}")
-            for dim, n in zip(t.shape, a.shape):
-                if isinstance(dim, tirx.Var):
-                    if env.setdefault(dim, n) != n:
-                        raise ValueError(f"input {t.name!r}: dimension {dim.name} is bound to "
-                                         f"{env[dim]} but this array has {n}")
-                elif int(dim) != n:
-                    raise ValueError(f"input {t.name!r} must have shape {[str(d) for d in t.shape]}, "
-                                     f"got {tuple(a.shape)}")
-        return env
+    def _bind(self, t: te.Tensor, a, env: dict) -> None:
+        """Check array `a` for input `t` and bind t's symbolic dimensions in `env`."""
+        if str(a.dtype) != str(t.dtype) or len(a.shape) != len(t.shape):
+            raise ValueError(f"input {t.name!r} must be {t.dtype} with {len(t.shape)} dims, "
+                             f"got {a.dtype} with shape {tuple(a.shape)}")
+        for dim, n in zip(t.shape, a.shape):
+            if isinstance(dim, tirx.Var):
+                if env.setdefault(dim, n) != n:
+                    raise ValueError(f"input {t.name!r}: dimension {dim.name} is bound to "
+                                     f"{env[dim]} but this array has {n}")
+            elif int(dim) != n:
+                raise ValueError(f"input {t.name!r} must have shape {[str(d) for d in t.shape]}, "
+                                 f"got {tuple(a.shape)}")
 
     def _check_device(self):
         if self.is_cuda and not tvm.cuda(0).exist:
@@ -91,15 +105,23 @@ class Compiled:
 
     def prepare(self, *arrays) -> list:
         """Device tensors for one call: the inputs (64-byte aligned copies, which the compiled
-        code assumes) followed by freshly allocated outputs.  `self.executable(*args)` then runs
-        the kernel alone, with no conversion, e.g. for timing."""
+        code assumes; scalar parameters as Python numbers) followed by freshly allocated outputs.
+        `self.executable(*args)` then runs the kernel alone, with no conversion, e.g. for timing."""
         self._check_device()
-        arrays = [np.asarray(a) if not hasattr(a, "__dlpack__") or isinstance(a, np.ndarray)
-                  else np.from_dlpack(a) for a in arrays]
-        env = self._bind(arrays)
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} arrays for inputs "
+                             f"{[t.name for t in self.inputs]}, got {len(arrays)}")
+        env, args, dev = {}, [], self.device
+        for t, a in zip(self.inputs, arrays):
+            if isinstance(t, tirx.Var):     # an integer one may size an output
+                env[t] = _scalar_value(t, a)
+                args.append(env[t])
+                continue
+            a = np.asarray(a) if not hasattr(a, "__dlpack__") or isinstance(a, np.ndarray) \
+                else np.from_dlpack(a)
+            self._bind(t, a, env)
+            args.append(tvm.runtime.tensor(np.array(a, order="C", copy=None), dev))  # keeps 0-d arrays 0-d
         ana = sym.Analyzer()
-        dev = self.device
-        args = [tvm.runtime.tensor(np.array(a, order="C", copy=None), dev) for a in arrays]  # keeps 0-d arrays 0-d
         for t in self.outputs:
             shape = [int(ana.simplify(substitute(d, {v: tirx.const(n, str(v.ty.dtype))
                                                      for v, n in env.items()}))) for d in t.shape]
@@ -110,8 +132,8 @@ class Compiled:
         args = self.prepare(*arrays)
         self.executable(*args)
         n = len(self.inputs)
-        values = TensorMap([*zip(self.inputs, (a.numpy() for a in args[:n])),
-                            *((t, o.numpy()) for t, o in zip(self.outputs, args[n:]))])
+        given = [(t, a.numpy()) for t, a in zip(self.inputs, args[:n]) if isinstance(t, te.Tensor)]
+        values = TensorMap([*given, *((t, o.numpy()) for t, o in zip(self.outputs, args[n:]))])
         result = [np.array(values[t]) for t in self.requested]
         return result[0] if self.single else result
 
@@ -125,17 +147,67 @@ class Compiled:
         return float(timer(*args).median)
 
 
+_TARGET_FORMS = ('"llvm" (this CPU), "cuda", a dict such as {"kind": "llvm", "mcpu": "znver4"} '
+                 'or {"kind": "cuda", "arch": "sm_86"}, or a tvm.target.Target')
+
+
+def _target_spec(target) -> dict:
+    """The dict form of a target string or dict.  TVM 0.27 parses dicts only: a string with
+    options ("llvm -mcpu=x") is refused with the dict to write instead (docs/tvm-0.27.md, "mcpu=native
+    is not resolved")."""
+    if isinstance(target, str):
+        kind, *options = target.split()
+        if options:
+            pairs = [o.lstrip("-").partition("=") for o in options]
+            spec = {"kind": kind, **{k: int(v) if v.isdigit() else v for k, _, v in pairs}}
+            raise DifferentiationError(
+                f"target {target!r}: TVM 0.27 no longer parses target strings with options; pass "
+                f"a dict instead, e.g. target={spec!r}.")
+        return {"kind": kind}
+    if isinstance(target, Mapping):
+        if not isinstance(target.get("kind"), str):
+            raise DifferentiationError(f"target {target!r} has no \"kind\" string; "
+                                       f"target must be {_TARGET_FORMS}.")
+        return dict(target)
+    raise ArgumentTypeError(f"target must be {_TARGET_FORMS}; got {describe(target)}.")
+
+
+def _check_mcpu(kind: str, attrs) -> None:
+    """LLVM compiles for a generic CPU, with no more than a logged line, when it does not know
+    `mcpu` (docs/tvm-0.27.md, "mcpu=native is not resolved"), so an unknown name is refused.
+    `attrs` is a target dict or a Target's attrs."""
+    mcpu = attrs.get("mcpu") if kind == "llvm" else None
+    if mcpu is None:
+        return
+    triple = str(attrs.get("mtriple") or tvm.target.codegen.llvm_get_system_triple())
+    if not tvm.target.codegen.llvm_is_valid_cpu(str(mcpu), triple):
+        raise DifferentiationError(
+            f"target mcpu {str(mcpu)!r} is not a CPU that LLVM knows for {triple}, so TVM would "
+            f"compile for a generic CPU. tvm.target.codegen.llvm_get_cpu_archlist("
+            f"tvm.target.Target({{'kind': 'llvm'}})) lists the valid names; leave mcpu out for "
+            f"this host's CPU ({tvm.get_global_func('tvm.codegen.llvm.GetHostCPUName')()}).")
+
+
 def resolve_target(target) -> tvm.target.Target:
     """A Target from "llvm", "cuda", a dict or a Target.  llvm gets this host's CPU name and core
-    count when not given; cuda gets the device's arch, or sm_80 when there is no GPU."""
+    count when not given; cuda gets the device's arch, or sm_80 when there is no GPU.  An unknown
+    kind, attribute or LLVM CPU name is a DifferentiationError naming the target."""
     if isinstance(target, tvm.target.Target):
+        _check_mcpu(target.kind.name, target.attrs)
         return target
-    spec = {"kind": target} if isinstance(target, str) else dict(target)
-    if spec.get("kind") == "llvm":
-        return _schedule.cpu_target(**{k: v for k, v in spec.items() if k != "kind"})
-    if spec.get("kind") == "cuda":
-        spec.setdefault("arch", _schedule.cuda_arch())
-    return tvm.target.Target(spec)
+    spec = _target_spec(target)
+    _check_mcpu(spec["kind"], spec)
+    try:
+        if spec["kind"] == "llvm":
+            resolved = _schedule.cpu_target(**{k: v for k, v in spec.items() if k != "kind"})
+        else:
+            if spec["kind"] == "cuda":
+                spec.setdefault("arch", _schedule.cuda_arch())
+            resolved = tvm.target.Target(spec)
+    except (ValueError, TypeError) as err:
+        raise DifferentiationError(f"target {target!r} is not a TVM target ({_reason(err)}); "
+                                   f"target must be {_TARGET_FORMS}.") from None
+    return resolved
 
 
 def compile_ptx(source, arch: Optional[str] = None) -> bytes:
@@ -208,11 +280,118 @@ def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
             scheduled = fallback()
 
 
-def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
-          schedule: str | None = "default", *, trials: int = 64, work_dir: str | None = None,
-          runner=None) -> Compiled:
-    """Compile `outputs` (a tensor or a list) as one kernel taking the placeholders `inputs`
-    (default: every placeholder they read, in first-use order).
+_INPUTS = "a list of placeholders and scalar variables (te.var), or one of them"
+_SCHEDULES = ("default", "tune")     # and None
+# build()'s keyword arguments: name -> (test, what the value must be).
+_KEYWORDS = {
+    "trials": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0,
+               "a positive int (the measured candidates of schedule='tune')"),
+    "work_dir": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
+                 "None or a folder (str or os.PathLike) for the tuning records"),
+}
+
+
+def _check_options(schedule, **keywords) -> None:
+    if not (schedule is None or (isinstance(schedule, str) and schedule in _SCHEDULES)):
+        close = difflib.get_close_matches(schedule, _SCHEDULES, 1) \
+            if isinstance(schedule, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DifferentiationError(f"schedule must be 'default', 'tune' or None, not "
+                                   f"{schedule!r}{hint}")
+    for name, value in keywords.items():
+        test, what = _KEYWORDS[name]
+        if not test(value):
+            raise ArgumentTypeError(f"build() {name} must be {what}, got {describe(value)}.")
+
+
+def _outputs(outputs) -> list:
+    outputs = as_list(outputs, "build() outputs", "a te.Tensor or a list of them")
+    if not outputs:
+        raise DifferentiationError("build() needs at least one output tensor, got an empty list.")
+    for n, t in enumerate(outputs):
+        if not isinstance(t, te.Tensor):
+            raise ArgumentTypeError(f"build() outputs[{n}] is {describe(t)}, not a te.Tensor; "
+                                    f"outputs are the tensors (te.compute, topi, gradients) to compute.")
+    return outputs
+
+
+def _op_vars(op) -> list:
+    """The variables that op's shape, extents and bodies use but do not bind (axis, reduce-axis
+    and combiner variables are bound), in order of use."""
+    if isinstance(op, te.ComputeOp):
+        axes = [*op.axis, *op.reduce_axis]
+        exprs = [e for iv in axes for e in (iv.dom.min, iv.dom.extent)] + list(op.body)
+        bound = {iv.var for iv in axes} | {v for b in op.body if isinstance(b, tirx.Reduce)
+                                           for v in [*b.combiner.lhs, *b.combiner.rhs]}
+    else:
+        exprs, bound = [d for t in outputs_of(op) for d in t.shape], set()
+    return [v for e in exprs for v in tvm.tirx.analysis.undefined_vars(e) if v not in bound]
+
+
+def _graph_vars(outputs) -> list:
+    """The free variables of the graph of `outputs`, in first-use order (producers first)."""
+    found: dict = {}
+    for op in ops_post_order(outputs):
+        found.update((v, None) for v in _op_vars(op))
+    return list(found)
+
+
+def _dimension_vars(tensors) -> set:
+    """Variables in the tensors' shapes: the kernel binds them from the arrays' shapes."""
+    return {v for t in tensors for d in t.shape for v in tvm.tirx.analysis.undefined_vars(d)}
+
+
+def _check_input(x, n: int, dims: set) -> None:
+    """inputs[n] is a placeholder or a scalar variable that is not one of the dimensions `dims`."""
+    if isinstance(x, tirx.Var):
+        if x in dims:
+            raise DifferentiationError(
+                f"build() inputs[{n}] is the dimension variable {x.name!r}: it is bound from the "
+                f"arrays' shapes; leave it out of inputs.")
+        return
+    if not isinstance(x, te.Tensor):
+        raise ArgumentTypeError(
+            f"build() inputs[{n}] is {describe(x)}; inputs lists the placeholders (te.placeholder) "
+            f"and scalar variables (te.var) that the kernel takes, in call order. Pass the arrays "
+            f"to the compiled function instead: build(outputs, [X, W])(x, w).")
+    if not isinstance(x.op, te.PlaceholderOp):
+        raise DifferentiationError(f"build() inputs must be placeholders; {x.name!r} is computed "
+                                   f"by {type(x.op).__name__} {x.op.name!r}.")
+
+
+def _inputs(outputs: list, inputs) -> list:
+    """The kernel's parameters in call order, checked.  inputs=None: every placeholder that the
+    outputs read, then every free scalar variable that is not a dimension of one, each in
+    first-use order."""
+    scalars = _graph_vars(outputs)
+    if inputs is None:
+        tensors = placeholders(outputs)
+        dims = _dimension_vars(tensors)
+        return tensors + [v for v in scalars if v not in dims]
+    inputs = as_list(inputs, "build() inputs", _INPUTS, single=(te.Tensor, tirx.Var))
+    tensors = [x for x in inputs if isinstance(x, te.Tensor)]
+    dims = _dimension_vars(tensors)
+    for n, x in enumerate(inputs):
+        _check_input(x, n, dims)
+    given = TensorMap((t, None) for t in tensors)
+    missing = [t.name for t in placeholders(outputs) if t not in given]
+    if missing:
+        raise DifferentiationError(f"the outputs read placeholders {missing} that are not in inputs")
+    vars_given = {x for x in inputs if isinstance(x, tirx.Var)}
+    missing = [v.name for v in scalars if v not in dims and v not in vars_given]
+    if missing:
+        raise DifferentiationError(
+            f"the outputs read scalar variables {missing} that are not in inputs; add them to "
+            f"inputs (the compiled function then takes a number at their positions).")
+    return inputs
+
+
+def build(outputs, inputs=None, target="llvm", schedule: str | None = "default", *,
+          trials: int = 64, work_dir: str | None = None, runner=None) -> Compiled:
+    """Compile `outputs` (a tensor or a list) as one kernel taking `inputs`: placeholders and
+    scalar variables (te.var), in call order (default: every placeholder they read, then every
+    free scalar variable that is not a placeholder dimension, each in first-use order).  The
+    compiled function takes an array per placeholder and a number per scalar variable.
 
     target: "llvm" (this CPU, all cores), "cuda" (the device's arch, or sm_80 without a GPU), a
         dict such as {"kind": "cuda", "arch": "sm_86"}, or a tvm.target.Target.
@@ -223,20 +402,14 @@ def build(outputs, inputs: Sequence[te.Tensor] | None = None, target="llvm",
         `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
     """
     single = isinstance(outputs, te.Tensor)
-    outputs = [outputs] if single else list(outputs)
-    inputs = placeholders(outputs) if inputs is None else list(inputs)
-    for t in inputs:
-        if not isinstance(t.op, te.PlaceholderOp):
-            raise DifferentiationError(f"build() inputs must be placeholders; {t.name!r} is computed "
-                                       f"by {type(t.op).__name__} {t.op.name!r}.")
-    given = TensorMap((t, None) for t in inputs)
-    missing = [t.name for t in placeholders(outputs) if t not in given]
-    if missing:
-        raise DifferentiationError(f"the outputs read placeholders {missing} that are not in inputs")
+    outputs = _outputs(outputs)
+    inputs = _inputs(outputs, inputs)
+    _check_options(schedule, trials=trials, work_dir=work_dir)
     target = resolve_target(target)
     _schedule.use_all_cores()
     # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
+    given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]
     func = te.create_prim_func(inputs + computed)
     # A PrimFunc holds no te.Tensor, so it hashes and compares structurally.

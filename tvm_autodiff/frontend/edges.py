@@ -31,8 +31,19 @@ def bracket(j: Sequence, f: Sequence, dtype: str):
                        tirx.const(1.0, dtype), tirx.const(0.0, dtype))
 
 
-def read_seed(X: te.Tensor, j: Sequence) -> Callable:
-    """Seed for jvp: each read X[f] gets the tangent [j == f]; everything else is constant."""
+def shape_and_dtype(X) -> tuple[list, str]:
+    """(shape, dtype) of what is differentiated: a tensor, or a scalar variable (shape ())."""
+    if isinstance(X, tirx.Var):
+        return [], str(X.ty.dtype)
+    return list(X.shape), str(X.dtype)
+
+
+def read_seed(X, j: Sequence) -> Callable:
+    """Seed for jvp: each read X[f] of the tensor X gets the tangent [j == f]; the scalar
+    variable X gets 1 (it has no index); everything else is constant."""
+    if isinstance(X, tirx.Var):
+        one = tirx.const(1.0, str(X.ty.dtype))
+        return lambda leaf: one if leaf.same_as(X) else None
     return lambda leaf: bracket(j, leaf.args[1:], str(leaf.ty.dtype)) \
         if is_load(leaf) and same_tensor(leaf.args[0], X) else None
 
@@ -44,7 +55,7 @@ class EdgeBuilder:
     def __init__(self):
         self.forward = ForwardTensors()
 
-    def terms(self, op: te.ComputeOp, heads: Sequence, X: te.Tensor, j: Sequence) -> list:
+    def terms(self, op: te.ComputeOp, heads: Sequence, X, j: Sequence) -> list:
         """[(head, tangent)] pairs: the tangent is in op's own axis and reduce-axis variables."""
         seed = read_seed(X, j)
         bodies = list(op.body)
@@ -52,13 +63,14 @@ class EdgeBuilder:
             return reduction_terms(self.forward, op, heads, seed)
         return [(h, jvp(b, seed)) for h, b in zip(heads, bodies) if h is not None]
 
-    def contribution(self, op: te.ComputeOp, heads: Sequence[Optional[Callable]], X: te.Tensor,
+    def contribution(self, op: te.ComputeOp, heads: Sequence[Optional[Callable]], X,
                      prefix: Sequence, name: str) -> Optional[te.Tensor]:
-        """dX from consumer `op`, or None when op's value does not depend on X.
+        """dX from consumer `op`, or None when op's value does not depend on X (a tensor that op
+        reads, or a scalar variable in op's bodies: dX[p] = Σ_{i,k} H[p, i] · ∂body(i, k)/∂X).
 
         `heads[v](p, i)` reads the adjoint of op's output v (None: zero adjoint)."""
         out_axes, red_axes = list(op.axis), list(op.reduce_axis)
-        dtype = str(X.dtype)
+        shape, dtype = shape_and_dtype(X)
 
         def body(*pj):
             p, j = pj[:len(prefix)], pj[len(prefix):]
@@ -80,4 +92,4 @@ class EdgeBuilder:
                 total = tirx.Select(inside, total, const(0.0, total))
             return te.sum(total, axis=new_axes) if new_axes else total
 
-        return make_compute(name, list(prefix) + list(X.shape), body)
+        return make_compute(name, list(prefix) + shape, body)

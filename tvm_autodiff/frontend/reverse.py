@@ -2,32 +2,37 @@
 
 `differentiate` runs these steps:
 
-1. check the output, the inputs and the head (`_inputs`, `_head_prefix`);
+1. check every argument before any work (`_inputs`, `_head_prefix`, `_checked_manual`, the
+   flags), so a wrong one is an error that names it;
 2. fold `where=` and `init=` into the reductions (`fold_where_init`: `te.create_prim_func` drops
    them, docs/tvm-0.27.md, "create_prim_func drops where= and init=");
 3. the backward sweep (`_Sweep`): ops are visited newest first, and the adjoint of a tensor is the
    sum of the contributions of its consumers (`adjoint_summands`), materialized as its own tensor
    when there are several, because it is read many times.  Each contribution comes from a
-   `manual=` entry or from `edges.EdgeBuilder`;
+   `manual=` entry or from `edges.EdgeBuilder`.  A float scalar variable among the inputs
+   (`te.var`) is consumed by every op whose bodies read it; its tangent seed is 1
+   (`edges.read_seed`), so its gradient is the sum over output indices of head · ∂body/∂v;
 4. collect the result (`_gradients`), in the caller's tensors;
 5. unless `optimize=False`, zero elimination and factor hoisting (`_eliminate_zeros`).
 """
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Mapping
 from typing import Callable, Optional, Sequence
 
 from tvm import sym, te, tirx
 
-from tvm_autodiff.errors import DifferentiationError
-from tvm_autodiff.ir.expr import is_float
+from tvm_autodiff.errors import ArgumentTypeError, DifferentiationError, as_list, check_bool, describe
+from tvm_autodiff.ir.expr import free_vars, is_float
 from tvm_autodiff.ir.graph import (SCATTER_TAG, TensorMap, make_compute, ops_post_order, outputs_of,
                                    placeholders, same_tensor)
 from tvm_autodiff.ir.reductions import fold_where_init
 from tvm_autodiff.passes import eliminate_zeros
 from tvm_autodiff.passes.factor import hoist
 
-from .edges import EdgeBuilder, bracket
+from .edges import EdgeBuilder, bracket, shape_and_dtype
 from .rules import NoDerivativeRule
 
 _MANUAL_HINT = ("Give its derivative by hand with manual={(out_tensor, in_tensor): fn}, "
@@ -58,11 +63,13 @@ class Gradients(Sequence):
                                         for x, g in zip(self.inputs, self.grads)) + ")"
 
 
-def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None,
-                  head: Optional[te.Tensor] = None, manual: Optional[dict] = None,
-                  optimize: bool = True, scatter: bool = True) -> Gradients:
+def differentiate(output: te.Tensor, inputs=None, head: Optional[te.Tensor] = None,
+                  manual: Optional[dict] = None, optimize: bool = True, scatter: bool = True) -> Gradients:
     """Reverse-mode derivatives of `output` with respect to `inputs` (see README, API).
 
+    `inputs` is a list of tensors and float scalar variables (`te.var`), or one of them (a
+    one-element result); None means every float placeholder that output reads.  The gradient of
+    a scalar variable has shape prefix + (): the sum over all output indices of head · ∂body/∂v.
     `head` is the adjoint of output, shape prefix + output.shape; None means the identity, so the
     result is the full Jacobian, shape output.shape + input.shape.  `optimize=False` skips zero
     elimination (`tvm_autodiff.passes`), leaving the naive Iverson-bracket sums.  `scatter=False`
@@ -72,17 +79,23 @@ def differentiate(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = Non
     """
     inputs = _inputs(output, inputs)
     prefix = _head_prefix(output, head)
-    (fwd_out, *fwd_inputs), remap = fold_where_init([output] + inputs)
+    check_bool("optimize", optimize)
+    check_bool("scatter", scatter)
+    manual = _checked_manual(manual)
+    fwd_out, fwd_inputs, remap = _fold(output, inputs)
     manual_table = _Manual(manual, remap)
     ops = ops_post_order([fwd_out])
     sweep = _Sweep(fwd_out, head, prefix, manual_table)
-    sweep.run(ops, _needs_adjoint(ops, fwd_inputs))
+    scalar_reads = _scalar_reads(ops, fwd_inputs)
+    sweep.run(ops, _needs_adjoint(ops, fwd_inputs, scalar_reads), scalar_reads)
     manual_table.warn_unused()
     result = _gradients(inputs, fwd_inputs, sweep, remap)
     return _eliminate_zeros(result, scatter) if optimize else result
 
 
 # -- 1. checks -------------------------------------------------------------------------------------
+
+_INPUTS = "a te.Tensor, a float scalar te.var, or a list of them"
 
 
 def _dims(shape) -> list:
@@ -94,29 +107,42 @@ def _same_dims(a, b) -> bool:
     return len(a) == len(b) and all(ana.can_prove_equal(x, y) for x, y in zip(a, b))
 
 
-def _check_float(t: te.Tensor, role: str):
+def _check_float(t, role: str):
     if not is_float(t):
+        kind = "scalar variable" if isinstance(t, tirx.Var) else "tensor"
+        what = "the output" if role == "output" else f"with respect to {role}"
         raise DifferentiationError(
-            f"cannot differentiate with respect to {role} {t.name!r} of dtype {t.dtype}: only "
-            f"floating-point tensors have gradients (integer tensors such as indices have zero "
-            f"derivative; leave them out of `inputs`).")
+            f"cannot differentiate {what} {t.name!r}, an integer {kind} of dtype "
+            f"{t.dtype if isinstance(t, te.Tensor) else t.ty.dtype}: only floating-point tensors and "
+            f"variables have gradients (integers such as indices have zero derivative; leave them "
+            f"out of `inputs`).")
 
 
-def _inputs(output, inputs) -> list[te.Tensor]:
+def check_output(output, function: str = "differentiate") -> None:
+    if not isinstance(output, te.Tensor):
+        raise ArgumentTypeError(
+            f"{function}() needs a te.Tensor as output, got {describe(output)}. "
+            "Pass the result of te.compute or a topi op.")
+    _check_float(output, "output")
+
+
+def check_input(x, name: str) -> None:
+    """`x` (the argument `name`) is a float te.Tensor or a float scalar variable."""
+    if not isinstance(x, (te.Tensor, tirx.Var)):
+        raise ArgumentTypeError(f"{name} must be a te.Tensor or a float scalar te.var, got "
+                                f"{describe(x)}.")
+    _check_float(x, name)
+
+
+def _inputs(output, inputs) -> list:
     """The inputs to differentiate with respect to (None: every float placeholder that output
     reads), after checking them and the output."""
-    if not isinstance(output, te.Tensor):
-        raise DifferentiationError(
-            f"differentiate() needs a te.Tensor as output, got {type(output).__name__}. "
-            "Pass the result of te.compute or a topi op.")
+    check_output(output)
     if inputs is None:
-        inputs = [t for t in placeholders([output]) if is_float(t)]
-    inputs = list(inputs)
-    for x in inputs:
-        if not isinstance(x, te.Tensor):
-            raise DifferentiationError(f"inputs must be te.Tensors, got {type(x).__name__}.")
-        _check_float(x, "input")
-    _check_float(output, "output")
+        return [t for t in placeholders([output]) if is_float(t)]
+    inputs = as_list(inputs, "inputs", _INPUTS, single=(te.Tensor, tirx.Var))
+    for n, x in enumerate(inputs):
+        check_input(x, f"inputs[{n}]")
     return inputs
 
 
@@ -126,7 +152,7 @@ def _head_prefix(output: te.Tensor, head) -> list:
     if head is None:
         return _dims(output.shape)
     if not isinstance(head, te.Tensor):
-        raise DifferentiationError(f"head must be a te.Tensor, got {type(head).__name__}.")
+        raise ArgumentTypeError(f"head must be a te.Tensor or None, got {describe(head)}.")
     n = len(output.shape)
     if len(head.shape) < n or not _same_dims(head.shape[len(head.shape) - n:], output.shape):
         raise DifferentiationError(
@@ -139,11 +165,60 @@ def _head_prefix(output: te.Tensor, head) -> list:
     return _dims(head.shape[:len(head.shape) - n])
 
 
+_MANUAL_FORM = ("manual maps (out_tensor, in_tensor) pairs, either of them None as a wildcard, to "
+                "functions fn(out, inp, head) that return inp's adjoint contribution, e.g. "
+                "manual={(Y, X): fn}")
+
+
+def _entry(key) -> str:
+    return "(" + ", ".join("None" if k is None else k.name for k in key) + ")"
+
+
+def _check_manual_key(key) -> None:
+    if isinstance(key, tuple) and len(key) == 2 and all(k is None or isinstance(k, te.Tensor)
+                                                        for k in key):
+        return
+    hint = ""
+    if isinstance(key, te.Tensor):
+        hint = (f" For every input of {key.name!r}'s op write ({key.name}, None); for every "
+                f"consumer of {key.name!r}, (None, {key.name}).")
+    raise ArgumentTypeError(f"manual key {describe(key)} is not an (out_tensor, in_tensor) pair. "
+                            f"{_MANUAL_FORM}.{hint}")
+
+
+def _check_manual_fn(key, fn) -> None:
+    if not callable(fn):
+        raise ArgumentTypeError(f"manual entry {_entry(key)} maps to {describe(fn)}, which is not "
+                                f"callable; {_MANUAL_FORM}.")
+    try:
+        signature = inspect.signature(fn)
+    except ValueError:      # a builtin without a signature: its arity shows when it is called
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"manual entry {_entry(key)}: {getattr(fn, '__name__', 'the function')}{signature} "
+            f"cannot be called as fn(out, inp, head); {_MANUAL_FORM}.") from None
+
+
+def _checked_manual(manual) -> dict:
+    """The `manual=` table after checking every key and function."""
+    if manual is None:
+        return {}
+    if not isinstance(manual, Mapping):
+        raise ArgumentTypeError(f"manual must be a dict, got {describe(manual)}. {_MANUAL_FORM}.")
+    for key, fn in manual.items():
+        _check_manual_key(key)
+        _check_manual_fn(key, fn)
+    return dict(manual)
+
+
 class _Manual:
     """The `manual=` table: (out, in) -> fn, with None as a wildcard on either side."""
 
-    def __init__(self, table: Optional[dict], remap: dict):
-        self.table = dict(table or {})
+    def __init__(self, table: dict, remap: dict):
+        self.table = table
         self.remap = remap
         self.used: set = set()
 
@@ -163,19 +238,40 @@ class _Manual:
     def warn_unused(self):
         for key in self.table:
             if id(key) not in self.used:
-                o, i = (k.name if k is not None else "*" for k in key)
-                warnings.warn(f"manual entry ({o}, {i}) was never used: no op with that output reads "
+                warnings.warn(f"manual entry {_entry(key)} was never used: no op with that output reads "
                               f"that input on the way from the inputs to the output.", stacklevel=3)
 
 
 # -- 3. the backward sweep -------------------------------------------------------------------------
 
 
-def _needs_adjoint(ops: list, inputs: list) -> TensorMap:
-    """The inputs and every float tensor that ops compute from them (ops in post order)."""
-    needs = TensorMap((t, True) for t in inputs)
+def _fold(output: te.Tensor, inputs: list) -> tuple:
+    """(output, inputs, remap) with where= and init= folded into the reductions; scalar variables
+    stay as they are."""
+    tensors = [x for x in inputs if isinstance(x, te.Tensor)]
+    (fwd_out, *folded), remap = fold_where_init([output] + tensors)
+    folded = iter(folded)
+    return fwd_out, [next(folded) if isinstance(x, te.Tensor) else x for x in inputs], remap
+
+
+def _scalar_reads(ops: list, inputs: list) -> dict:
+    """{op: the scalar-variable inputs that its bodies read}, for the ops that read any."""
+    scalars = [x for x in inputs if isinstance(x, tirx.Var)]
+    reads = {}
     for op in ops:
-        if any(t in needs for t in op.input_tensors):
+        if scalars and isinstance(op, te.ComputeOp):
+            used = set().union(*(free_vars(b) for b in op.body))
+            if hit := [v for v in scalars if v in used]:
+                reads[op] = hit
+    return reads
+
+
+def _needs_adjoint(ops: list, inputs: list, scalar_reads: dict) -> TensorMap:
+    """The tensor inputs and every float tensor that ops compute from the inputs (ops in post
+    order)."""
+    needs = TensorMap((t, True) for t in inputs if isinstance(t, te.Tensor))
+    for op in ops:
+        if op in scalar_reads or any(t in needs for t in op.input_tensors):
             needs.update((t, True) for t in outputs_of(op) if is_float(t))
     return needs
 
@@ -188,13 +284,23 @@ def _sum(terms):
     return total
 
 
+def _total(name: str, parts: list) -> Optional[te.Tensor]:
+    """The sum of adjoint contributions (None: zero), its own tensor when there are several,
+    because it is read many times."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    return make_compute(name, parts[0].shape, lambda *a: _sum(p(*a) for p in parts))
+
+
 class _Sweep:
     """The backward sweep from `output`: `summands[t]` maps each consumer op of t to its
-    contribution to t's adjoint."""
+    contribution to t's adjoint; `scalar_summands[v]` the same for each scalar-variable input v,
+    whose consumers are the ops whose bodies read it."""
 
     def __init__(self, output: te.Tensor, head: Optional[te.Tensor], prefix: list, manual: _Manual):
         self.output, self.head, self.prefix, self.manual = output, head, prefix, manual
         self.summands = TensorMap()      # tensor -> {consumer op: contribution}
+        self.scalar_summands: dict = {}  # variable -> {consumer op: contribution}
         self._adjoints = TensorMap()
         self.edges = EdgeBuilder()
         dtype = str(output.dtype)
@@ -203,7 +309,7 @@ class _Sweep:
         else:
             self.out_head = lambda p, i: head(*p, *i)
 
-    def run(self, ops: list, needs: TensorMap) -> None:
+    def run(self, ops: list, needs: TensorMap, scalar_reads: dict) -> None:
         """Visit `ops` (post order) newest first, adding each needed edge's contribution."""
         for op in reversed(ops):
             if isinstance(op, te.PlaceholderOp):
@@ -212,26 +318,28 @@ class _Sweep:
             heads = [self.head_reader(t) if t in needs else None for t in outs]
             if all(h is None for h in heads):
                 continue
-            for x in TensorMap((t, None) for t in op.input_tensors):
-                if x not in needs:
-                    continue
+            wrt = [x for x in TensorMap((t, None) for t in op.input_tensors) if x in needs]
+            for x in wrt + scalar_reads.get(op, []):
                 contrib = self.edge(op, outs, heads, x)
                 if contrib is not None:
-                    self.summands.setdefault(x, {})[op] = contrib
+                    table = self.scalar_summands if isinstance(x, tirx.Var) else self.summands
+                    table.setdefault(x, {})[op] = contrib
+
+    def gradient(self, x) -> Optional[te.Tensor]:
+        """The adjoint of the input x, a tensor or a scalar variable (None: zero)."""
+        if isinstance(x, tirx.Var):
+            return _total(f"d{x.name}", list(self.scalar_summands.get(x, {}).values()))
+        return self.adjoint(x)
 
     def adjoint(self, t: te.Tensor) -> Optional[te.Tensor]:
         """t's adjoint: the sum of its summands (None: zero), materialized once."""
         if t not in self._adjoints:
-            parts = list(self.summands.get(t, {}).values())
             if same_tensor(t, self.output):
                 self._adjoints[t] = self.head if self.head is not None else make_compute(
                     f"d{t.name}", list(self.prefix) + list(t.shape),
                     lambda *pi: self.out_head(pi[:len(self.prefix)], pi[len(self.prefix):]))
-            elif len(parts) <= 1:
-                self._adjoints[t] = parts[0] if parts else None
             else:
-                self._adjoints[t] = make_compute(f"d{t.name}", parts[0].shape,
-                                                 lambda *a: _sum(p(*a) for p in parts))
+                self._adjoints[t] = _total(f"d{t.name}", list(self.summands.get(t, {}).values()))
         return self._adjoints[t]
 
     def head_reader(self, t: te.Tensor) -> Optional[Callable]:
@@ -243,7 +351,9 @@ class _Sweep:
 
     def edge(self, op, outs, heads, x) -> Optional[te.Tensor]:
         """x's adjoint contribution from consumer op: manual entries first, then the automatic rule."""
-        entries = [(t, self.manual.lookup(t, x)) for t, h in zip(outs, heads) if h is not None]
+        # manual= is keyed by tensors; a scalar variable's edges are always automatic.
+        entries = [] if isinstance(x, tirx.Var) else [
+            (t, self.manual.lookup(t, x)) for t, h in zip(outs, heads) if h is not None]
         if any(fn is not None for _, fn in entries):
             return self._manual_edge(op, entries, x)
         if not isinstance(op, te.ComputeOp):
@@ -281,10 +391,7 @@ class _Sweep:
                     f"manual entry for ({t.name}, {x.name}) returned {got}; it must return a "
                     f"te.Tensor of shape {want} and dtype {x.dtype}.")
             parts.append(part)
-        if len(parts) == 1:
-            return parts[0]
-        return make_compute(f"d{x.name}_from_{op.name}", parts[0].shape,
-                            lambda *a: _sum(p(*a) for p in parts))
+        return _total(f"d{x.name}_from_{op.name}", parts)
 
 
 # -- 4. and 5. the result --------------------------------------------------------------------------
@@ -296,9 +403,10 @@ def _gradients(inputs: list, fwd_inputs: list, sweep: _Sweep, remap: TensorMap) 
     back = TensorMap((new, old) for old, new in remap.items())
     grads = []
     for x, fx in zip(inputs, fwd_inputs):
-        g = sweep.adjoint(fx) if (fx in sweep.summands or same_tensor(fx, sweep.output)) else None
+        g = sweep.gradient(fx)
+        shape, dtype = shape_and_dtype(x)
         grads.append(g if g is not None else make_compute(
-            f"d{x.name}", list(sweep.prefix) + list(x.shape), lambda *a, x=x: tirx.const(0, str(x.dtype))))
+            f"d{x.name}", list(sweep.prefix) + shape, lambda *a, dtype=dtype: tirx.const(0, dtype)))
     adjoints = TensorMap((back.get(t, t), sweep.adjoint(t)) for t in [sweep.output, *sweep.summands])
     adjoint_summands = TensorMap(
         (back.get(t, t), TensorMap((back.get(c, c), s) for op, s in per.items() for c in outputs_of(op)))
