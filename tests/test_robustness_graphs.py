@@ -1,0 +1,92 @@
+"""Robustness of differentiate + build on unusual graphs and inputs: dtypes (float16, bfloat16,
+float64), 0-sized and size-1 dimensions (deep graphs: tests/test_linear_build.py),
+data-dependent conditions, and a compiled function called from several threads at once.  Every
+case checks numbers (a float64 reference, numpy or finite differences).
+"""
+from __future__ import annotations
+
+import threading
+
+import ml_dtypes
+import numpy as np
+import pytest
+from tvm import te
+
+import tvm_autodiff as ad
+from gradcheck import check_grad
+
+RNG = np.random.default_rng(0)
+
+
+def softplus_sum(shape, dtype):
+    """S = Σ log(1 + exp(X·c)) with c[i, j] = X[i, 0]: dS/dX has a closed form."""
+    x = te.placeholder(shape, dtype, name="X")
+    y = te.compute(shape, lambda i, j: te.log(1.0 + te.exp(x[i, j] * x[i, 0])), name="Y")
+    r, k = te.reduce_axis((0, shape[0]), "r"), te.reduce_axis((0, shape[1]), "k")
+    return x, te.compute((), lambda: te.sum(y[r, k], axis=[r, k]), name="S")
+
+
+def softplus_reference(x):
+    z = x * x[:, :1]
+    sig = 1.0 / (1.0 + np.exp(-z))
+    grad = sig * x[:, :1]
+    grad[:, 0] += (sig * x).sum(1)
+    return np.log1p(np.exp(z)).sum(), grad
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5), ("float16", 3e-2),
+                                        ("bfloat16", 6e-2)])
+def test_dtypes(dtype, tol):
+    x, s = softplus_sum((3, 10), dtype)
+    m = ad.build([s, *ad.differentiate(s, [x])], [x])
+    npdt = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    xv = RNG.uniform(-1, 1, (3, 10))
+    value, grad = m(xv.astype(npdt))
+    ref_value, ref_grad = softplus_reference(xv.astype(npdt).astype("float64"))
+    np.testing.assert_allclose(np.float64(value), ref_value, rtol=tol)
+    np.testing.assert_allclose(grad.astype("float64"), ref_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (3, 1), (1, 5)])
+def test_empty_and_unit_dimensions(shape):
+    x, s = softplus_sum(shape, "float64")
+    m = ad.build([s, *ad.differentiate(s, [x])], [x])
+    xv = RNG.uniform(-1, 1, shape)
+    value, grad = m(xv)
+    assert grad.shape == shape
+    if xv.size:
+        ref_value, ref_grad = softplus_reference(xv)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-12)
+    else:
+        assert value == 0.0
+
+
+def test_data_dependent_conditions():
+    """Selects on tensor data (a leaky branch and a clamp) against finite differences."""
+    x = te.placeholder((4, 6), "float64", name="X")
+    w = te.placeholder((6,), "float64", name="W")
+    y = te.compute((4, 6), lambda i, j: te.if_then_else(
+        x[i, j] * w[j] > 0.1, x[i, j] * w[j], te.min(te.max(x[i, j], -0.5), 0.5) * 0.01), name="Y")
+    check_grad(y, [x, w])
+
+
+def test_threads_share_a_compiled_function():
+    x, s = softplus_sum((6, 16), "float64")
+    m = ad.build([s, *ad.differentiate(s, [x])], [x])
+    inputs = [RNG.uniform(-1, 1, (6, 16)) for _ in range(8)]
+    results = [None] * len(inputs)
+
+    def run(n):
+        for _ in range(5):
+            results[n] = m(inputs[n])
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for xv, (value, grad) in zip(inputs, results):
+        ref_value, ref_grad = softplus_reference(xv)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-12)
