@@ -234,11 +234,10 @@ def _lower(func, target, schedule, trials, work_dir, runner) -> Scheduled:
         return Scheduled(func, tuple(Choice(i.name, None) for i in block_infos(func)))
     if schedule == "default":
         return _schedule.schedule_cpu(func, target)
-    if schedule == "tune":
-        from .tuning import tune
-        tuned = tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
-        return Scheduled(tuned, tuple(Choice(i.name, "meta_schedule") for i in block_infos(tuned)))
-    raise ValueError(f"schedule must be 'default', 'tune' or None, not {schedule!r}")
+    # schedule == "tune" (build checked the value up front)
+    from .tuning import tune
+    tuned = tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
+    return Scheduled(tuned, tuple(Choice(i.name, "meta_schedule") for i in block_infos(tuned)))
 
 
 def _fallbacks(func, target, schedule) -> list:
