@@ -30,13 +30,16 @@ from typing import Optional
 
 import tvm_ffi
 from tvm import te, tirx
-from tvm.ir import Call
+from tvm.ir import Call, Expr
+from tvm.te.tensor import Operation
 
+from tvm_autodiff.errors import ArgumentTypeError, check_bool, describe
 from tvm_autodiff.ir.expr import TRUE, cast, free_vars, is_const, is_float, loads_only, reads, simplify, substitute
 from tvm_autodiff.ir.graph import TensorMap, is_load, make_compute, rebuild, structural_key
 from tvm_autodiff.ir.reductions import reducer_kind
 
 from . import linsolve
+from .arguments import operation_set, tensor_list
 from .domain import reduction_domain
 from .nonzero import conjunction, conjuncts, disjoint_dnf, monomials, nonzero, same
 from .padding import padded_window
@@ -291,7 +294,8 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
     docstring), or None when op is no such reduction or has no zeros to eliminate.  With
     `scatter`, sums over data-dependent brackets become scatter-add extern ops; a reduction that
     is one scatter comes back as that tensor, which replaces op (see `rebuild`)."""
-    if op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
+    _check_reduction_arguments(op, bodies, scatter)
+    if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
         return None
     r = bodies[0]
     if reducer_kind(r.combiner) != "sum" or not is_const(r.condition, True) or len(r.init):
@@ -318,15 +322,25 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
     return [tirx.const(0, dtype) if total is None else total]
 
 
+def _check_reduction_arguments(op, bodies, scatter) -> None:
+    if not isinstance(op, Operation):
+        raise ArgumentTypeError(f"eliminate_reduction() op must be a te operation (t.op), got {describe(op)}.")
+    if not isinstance(bodies, (list, tuple, tvm_ffi.Array)) or len(bodies) != op.num_outputs \
+            or not all(isinstance(b, Expr) for b in bodies):
+        raise ArgumentTypeError(f"eliminate_reduction() bodies must be a list of {op.num_outputs} expressions, "
+                                f"one per output of {op.name!r} (e.g. list(op.body)), got {describe(bodies)}.")
+    check_bool("eliminate_reduction() scatter", scatter)
+
+
 def eliminate_zeros(tensors, scatter: bool = True, ops=None):
     """The graph of `tensors` (a tensor or a list) with every sum reduction rewritten by
     `eliminate_reduction`.  Values are unchanged; ops that do not change (and the subgraphs below
     them) stay the same objects, and tensors shared by several outputs stay shared.
     `scatter=False` keeps data-dependent gathers' adjoints as (differentiable) reductions;
-    `ops`, if given, limits the rewrite to those ops."""
-    single = isinstance(tensors, te.Tensor)
-    only = None if ops is None else set(ops)
-    out, _ = rebuild([tensors] if single else list(tensors),
-                     lambda op, bodies: eliminate_reduction(op, bodies, scatter)
+    `ops`, if given, limits the rewrite to those ops (an iterable of `t.op`)."""
+    items = tensor_list(tensors, "eliminate_zeros() tensors")
+    check_bool("eliminate_zeros() scatter", scatter)
+    only = None if ops is None else operation_set(ops, "eliminate_zeros() ops")
+    out, _ = rebuild(items, lambda op, bodies: eliminate_reduction(op, bodies, scatter)
                      if only is None or op in only else None)
-    return out[0] if single else out
+    return out[0] if isinstance(tensors, te.Tensor) else out

@@ -34,6 +34,7 @@ from tvm_autodiff.ir.expr import free_vars, is_const, is_float, loads_only, subs
 from tvm_autodiff.ir.graph import TensorMap, compute_op, is_load, make_compute, rebuild, structural_key
 from tvm_autodiff.ir.reductions import reducer_kind
 
+from .arguments import tensor_list
 from .nonzero import conjunction, conjuncts
 
 # Largest body (expression nodes) that is inlined into its consumers.
@@ -210,9 +211,8 @@ def hoist(tensors: list) -> tuple[list, list]:
 def hoist_factors(tensors):
     """The graph of `tensors` (a tensor or a list) with cheap factors hoisted out of elementwise
     ops and sums (see the module docstring).  Values are unchanged; shared tensors stay shared."""
-    single = isinstance(tensors, te.Tensor)
-    out, _ = hoist([tensors] if single else tensors)
-    return out[0] if single else out
+    out, _ = hoist(tensor_list(tensors, "hoist_factors() tensors"))
+    return out[0] if isinstance(tensors, te.Tensor) else out
 
 
 __all__ = ["Product", "hoist", "hoist_factors", "product", "split_factors"]

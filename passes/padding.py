@@ -91,63 +91,91 @@ def _unit_steps(idx, vars: list) -> bool:
     return bool(coefs) and all(isinstance(c, tirx.IntImm) and abs(c.value) <= 1 for c in coefs[:-1])
 
 
+def _guarded_read(atoms: list, value, red_vars: set):
+    """(T[idx], atoms on outer variables only) when every atom on a reduce variable is an
+    in-bounds check of the one read T[idx] of value, a factor of it (a zero read must zero the
+    summand, as the bracket did: T[..], not exp(T[..])); else None."""
+    on_red = [a for a in atoms if free_vars(a) & red_vars]
+    if not on_red:
+        return None
+    loads = []
+    tvm_ffi.structural_walk(value, (Call, lambda c: loads.append(c) if is_load(c) else None))
+    load = next((l for l in loads if _in_bounds(on_red[0], l)), None)
+    if load is None or not all(_in_bounds(a, load) for a in on_red):
+        return None
+    if sum(same_tensor(l.args[0], load.args[0]) for l in loads) != 1:
+        return None   # another read of T would not be guarded by these atoms
+    if not any(f.same_as(load) for f in product(value).values):
+        return None
+    return load, [a for a in atoms if not free_vars(a) & red_vars]
+
+
+def _pads(load, ana, box_vars: list) -> Optional[list]:
+    """[(before, after)] zeros per axis of T for the read T[idx] over the ranges bound in ana;
+    None where an axis would need padding but has a symbolic extent or a dilated index.  An axis
+    that the read provably stays inside (a symbolic batch, read at an outer variable) needs none."""
+    pads = []
+    for idx, n in zip(load.args[1:], load.args[0].shape):
+        if ana.can_prove(idx >= 0) and ana.can_prove(idx < n):
+            pads.append((0, 0))
+            continue
+        if not isinstance(n, tirx.IntImm):
+            return None   # no constant padding of a symbolic axis that the read may leave
+        b = ana.const_int_bound(idx)
+        pads.append((max(0, -b.min_value), max(0, b.max_value - (n.value - 1))))
+        if pads[-1] != (0, 0) and not _unit_steps(idx, box_vars):
+            # A dilated window: the work target of README's "Work of gradients" (≤ 3x forward,
+            # dilated convs on 10x10 included) holds for the exact ranges only.
+            return None
+    return pads
+
+
 def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[object, list]]:
     """(value', box) with Σ_{red} [∧ atoms] · value == Σ_{box} value' when, besides constant
     bounds on single reduce variables (which make the box) and conditions that the output's own
     ranges imply, every atom is an in-bounds check of one read T[idx] of value; value' reads the
-    zero-padded Tp instead.  None when the atoms say more, when a range or T's shape is not
-    constant, or when padding would more than MAX_PAD_RATIO-fold T.
+    zero-padded Tp instead.  None when the atoms say more, when an axis of T that needs padding
+    has a symbolic extent, or when padding would more than MAX_PAD_RATIO-fold T.
 
-    outer, red: [(var, min, extent)] (red may hold the solver's fresh variables, without a range);
-    box: [(var, min, extent)] with constant bounds."""
-    if not all(isinstance(x, tirx.IntImm) for _, lo, ext in outer for x in (lo, ext)):
-        return None
+    outer, red: [(var, min, extent)] (red may hold the solver's fresh variables, without a range;
+    outer extents may be symbolic); box: [(var, min, extent)] with constant bounds."""
     bounds, atoms = _box(atoms, red)
     if len(bounds) != len(red) or any(hi - lo > _MAX_EXTENT or hi <= lo for lo, hi in bounds.values()):
         return None
-    red_vars = {v for v, _, _ in red}
-    on_red = [a for a in atoms if free_vars(a) & red_vars]
-    outer_atoms = [a for a in atoms if not free_vars(a) & red_vars]
-    loads = []
-    tvm_ffi.structural_walk(value, (Call, lambda c: loads.append(c) if is_load(c) else None))
-    if not on_red:
+    guarded = _guarded_read(atoms, value, {v for v, _, _ in red})
+    if guarded is None:
         return None
-    load = next((l for l in loads if _in_bounds(on_red[0], l)), None)
-    if load is None or not all(_in_bounds(a, load) for a in on_red):
-        return None
-    tensor = load.args[0]
-    if sum(same_tensor(l.args[0], tensor) for l in loads) != 1:
-        return None   # another read of T would not be guarded by these atoms
-    if not any(f.same_as(load) for f in product(value).values):
-        return None   # a zero read must zero the summand, as the bracket did (not exp(T[..]))
+    load, outer_atoms = guarded
     box = [(v, tirx.const(bounds[v][0], str(v.ty.dtype)), tirx.const(bounds[v][1] - bounds[v][0], str(v.ty.dtype)))
            for v, _, _ in red]
-    shape = [int(s) for s in tensor.shape]
     ana = sym.Analyzer()
     for v, lo, ext in outer + box:
         ana.bind(v, tvm.ir.Range.from_min_extent(lo, ext))
-    pads = []
-    for idx, n in zip(load.args[1:], shape):
-        b = ana.const_int_bound(idx)
-        pads.append((max(0, -b.min_value), max(0, b.max_value - (n - 1))))
-        if pads[-1] != (0, 0) and not _unit_steps(idx, [v for v, _, _ in box]):
-            # A dilated window: the work target of README's "Work of gradients" (≤ 3x forward,
-            # dilated convs on 10x10 included) holds for the exact ranges only.
-            return None
-    padded = [n + lo + hi for n, (lo, hi) in zip(shape, pads)]
-    if not any(lo or hi for lo, hi in pads) or math.prod(padded) > MAX_PAD_RATIO * math.prod(shape):
+    pads = _pads(load, ana, [v for v, _, _ in box])
+    if pads is None or not any(lo or hi for lo, hi in pads):
+        return None
+    shape = load.args[0].shape
+    grown = [(n.value + lo + hi, n.value) for n, (lo, hi) in zip(shape, pads) if lo or hi]
+    if math.prod(g for g, _ in grown) > MAX_PAD_RATIO * math.prod(n for _, n in grown):
         return None
     if not all(ana.can_prove(a) for a in outer_atoms):
         # A condition on the output alone (the phase of a strided window) would leave the box
         # summed where it fails; the exact path shrinks the sum to a point there.
         return None
+    return _read_padded(value, load, pads), box
+
+
+def _read_padded(value, load, pads: list):
+    """value with the read T[idx] replaced by Tp[idx + before], Tp being T with `pads` zeros."""
+    tensor = load.args[0]
 
     def body(*q):
-        inside = [tirx.all(x >= lo, x < lo + n) for x, n, (lo, hi) in zip(q, shape, pads) if lo or hi]
+        inside = [tirx.all(x >= lo, x < lo + n.value) for x, n, (lo, hi) in zip(q, tensor.shape, pads) if lo or hi]
         src = tensor(*[x - lo for x, (lo, _) in zip(q, pads)])
         return tirx.Select(tirx.all(*inside), src, tirx.const(0, str(tensor.dtype))) if inside else src
 
+    # The padded axes have constant extents (`_pads`); the others keep T's, symbolic or not.
+    padded = [n.value + lo + hi if lo or hi else n for n, (lo, hi) in zip(tensor.shape, pads)]
     tp = make_compute(f"{tensor.op.name}_pad", padded, body)
     new_load = tp(*[idx + lo for idx, (lo, _) in zip(load.args[1:], pads)])
-    value = tvm_ffi.structural_map(value, (Call, lambda c: new_load if c.same_as(load) else c))
-    return value, box
+    return tvm_ffi.structural_map(value, (Call, lambda c: new_load if c.same_as(load) else c))

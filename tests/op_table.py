@@ -12,13 +12,21 @@ check.  Elementwise rules come from the tables UNARY and BINARY (name, function,
     case(cid).build()     Built(out, inputs, check) with fresh tensors
     differentiated(cid)   the case's gradients for a head placeholder H, with the passes off
                           (`naive`) and on (`opt`); cached, so test_passes and test_cuda share them
+    SYMBOLIC_IDS          the cases with a symbolic-shape variant (`OpCase.dim`)
+    symbolic(cid)         (Built, bindings): the case with that dimension a te.var, and the
+                          bindings {name: size} under which it is the static case
+
+A builder may take one keyword, `OpCase.dim`, that sizes a dimension (a batch, a row count or a
+reduction length); its default is the static case, so `builder()` is unchanged, and the same
+builder with a `te.var` gives the symbolic variant (tests/test_symbolic.py).
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 from tvm import te, tirx, topi
@@ -36,24 +44,25 @@ class Built(NamedTuple):
 @dataclass(frozen=True)
 class OpCase:
     id: str
-    builder: Callable[[], tuple]
+    builder: Callable[..., tuple]
+    dim: Optional[str] = None    # the builder's keyword sizing a dimension: a symbolic variant
 
-    def build(self) -> Built:
-        built = self.builder()
+    def build(self, **sizes) -> Built:
+        built = self.builder(**sizes)
         return Built(built[0], list(built[1]), dict(built[2]) if len(built) > 2 else {})
 
 
 CASES: list[OpCase] = []
 
 
-def _add(cid: str, builder: Callable[[], tuple]) -> None:
-    CASES.append(OpCase(cid, builder))
+def _add(cid: str, builder: Callable[..., tuple], dim: Optional[str] = None) -> None:
+    CASES.append(OpCase(cid, builder, dim))
 
 
-def _case(cid: str):
-    """Register the decorated builder as case `cid`."""
+def _case(cid: str, dim: Optional[str] = None):
+    """Register the decorated builder as case `cid` (with a symbolic variant in `dim`)."""
     def deco(fn):
-        _add(cid, fn)
+        _add(cid, fn, dim)
         return fn
     return deco
 
@@ -98,14 +107,17 @@ UNARY = [
 
 
 def _unary_builder(fn, gen, dtype):
-    def build():
-        out, args = ew(fn, dtype=dtype)
+    def build(n=3):
+        out, args = ew(fn, shape=(n, 4), dtype=dtype)
         return out, args, {"gens": {args[0]: gen}}
     return build
 
 
+# The elementwise cases with a symbolic row count: a sample (no reduction, nothing to eliminate).
+_SYMBOLIC_ELEMENTWISE = ("exp", "log", "tanh", "sigmoid", "add", "mul", "div", "max", "pow", "select")
+
 for _name, _fn, _gen in UNARY:
-    _add(f"unary-{_name}", _unary_builder(_fn, _gen, F64))
+    _add(f"unary-{_name}", _unary_builder(_fn, _gen, F64), "n" if _name in _SYMBOLIC_ELEMENTWISE else None)
 for _name, _fn, _gen in UNARY:
     if _name in ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "atan", "fabs"):
         _add(f"unary-{_name}-f32", _unary_builder(_fn, _gen, F32))
@@ -130,8 +142,8 @@ BINARY = [
 
 
 def _binary_builder(fn, ga, gb, dtype):
-    def build():
-        out, args = ew(fn, dtype=dtype, n=2)
+    def build(n=3):
+        out, args = ew(fn, shape=(n, 4), dtype=dtype, n=2)
         kw = {"gens": {args[0]: ga, args[1]: gb}}
         if dtype == F32:
             kw["eps"] = 1e-3   # min/max: keep the steps away from the kinks
@@ -140,7 +152,7 @@ def _binary_builder(fn, ga, gb, dtype):
 
 
 for _name, _fn, _ga, _gb in BINARY:
-    _add(f"binary-{_name}", _binary_builder(_fn, _ga, _gb, F64))
+    _add(f"binary-{_name}", _binary_builder(_fn, _ga, _gb, F64), "n" if _name in _SYMBOLIC_ELEMENTWISE else None)
 for _name, _fn, _ga, _gb in BINARY:
     if _name in ("div", "mul", "pow", "max", "hypot"):
         _add(f"binary-{_name}-f32", _binary_builder(_fn, _ga, _gb, F32))
@@ -220,39 +232,39 @@ def _():
     return Y, [A]
 
 
-@_case("chain-of-ops")
-def _():
-    A, B = ph((3, 4), "A"), ph((4,), "B")
-    C = te.compute((3, 4), lambda i, j: A[i, j] * B[j], name="C")
-    D = te.compute((3, 4), lambda i, j: te.tanh(C[i, j]) + C[i, j] * A[i, j], name="D")
-    E = te.compute((3,), lambda i: D[i, 0] * D[i, 3] + C[i, 1], name="E")
+@_case("chain-of-ops", "n")
+def _(n=3):
+    A, B = ph((n, 4), "A"), ph((4,), "B")
+    C = te.compute((n, 4), lambda i, j: A[i, j] * B[j], name="C")
+    D = te.compute((n, 4), lambda i, j: te.tanh(C[i, j]) + C[i, j] * A[i, j], name="D")
+    E = te.compute((n,), lambda i: D[i, 0] * D[i, 3] + C[i, 1], name="E")
     return E, [A, B]
 
 
 # -- index maps -----------------------------------------------------------------------------------------
 
-@_case("index-i+j")
-def _():
-    A = ph((7,), "A")
-    return te.compute((4, 4), lambda i, j: A[i + j] * A[i + j], name="Y"), [A]
+@_case("index-i+j", "n")
+def _(n=4):
+    A = ph((n + 3,), "A")
+    return te.compute((n, 4), lambda i, j: A[i + j] * A[i + j], name="Y"), [A]
 
 
-@_case("index-2i+j")
-def _():
-    A = ph((10,), "A")
-    return te.compute((4, 3), lambda i, j: te.exp(A[2 * i + j]), name="Y"), [A]
+@_case("index-2i+j", "n")
+def _(n=4):
+    A = ph((2 * n + 2,), "A")
+    return te.compute((n, 3), lambda i, j: te.exp(A[2 * i + j]), name="Y"), [A]
 
 
-@_case("index-diagonal")
-def _():
-    A = ph((5, 5), "A")
-    return te.compute((5,), lambda i: A[i, i] * 3.0, name="Y"), [A]
+@_case("index-diagonal", "n")
+def _(n=5):
+    A = ph((n, n), "A")
+    return te.compute((n,), lambda i: A[i, i] * 3.0, name="Y"), [A]
 
 
-@_case("index-reverse")
-def _():
-    A = ph((10,), "A")
-    return te.compute((10,), lambda i: A[9 - i] * A[i], name="Y"), [A]
+@_case("index-reverse", "n")
+def _(n=10):
+    A = ph((n,), "A")
+    return te.compute((n,), lambda i: A[n - 1 - i] * A[i], name="Y"), [A]
 
 
 @_case("index-min-clamp")
@@ -262,10 +274,10 @@ def _():
     return te.compute((8,), lambda j: te.sum(A[te.min(j + k, 9)] * (k + 1.0), axis=k), name="Y"), [A]
 
 
-@_case("index-transpose-sum")
-def _():
-    A = ph((4, 4), "A")
-    return te.compute((4, 4), lambda i, j: A[i, j] + A[j, i] * A[i, j], name="Y"), [A]
+@_case("index-transpose-sum", "n")
+def _(n=4):
+    A = ph((n, n), "A")
+    return te.compute((n, n), lambda i, j: A[i, j] + A[j, i] * A[i, j], name="Y"), [A]
 
 
 @_case("index-div-mod-reshape")
@@ -274,10 +286,10 @@ def _():
     return te.compute((3, 4), lambda i, j: A[(i * 4 + j) // 3, (i * 4 + j) % 3] * (i + 1.0), name="Y"), [A]
 
 
-@_case("index-broadcast-read")
-def _():
-    A, B = ph((3, 1), "A"), ph((4,), "B")
-    return te.compute((3, 4), lambda i, j: A[i, 0] * B[j], name="Y"), [A, B]
+@_case("index-broadcast-read", "n")
+def _(n=3):
+    A, B = ph((n, 1), "A"), ph((4,), "B")
+    return te.compute((n, 4), lambda i, j: A[i, 0] * B[j], name="Y"), [A, B]
 
 
 @_case("index-constant")
@@ -292,10 +304,10 @@ def _red(kind, where=False, init=False, axes=1, dtype=F64):
     """Y[i] = reduce_k f(A[i, k]) for kind in sum/max/min/prod, optionally where=/init=; a numpy
     reference checks the forward values (TVM 0.27's create_prim_func would drop where/init:
     docs/tvm-0.27.md, "create_prim_func drops where= and init=")."""
-    def build():
-        shape = (3, 5) if axes == 1 else (3, 4, 3)
+    def build(n=3):
+        shape = (n, 5) if axes == 1 else (n, 4, 3)
         A = ph(shape, "A", dtype)
-        I = ph((3,), "I", dtype)
+        I = ph((n,), "I", dtype)
         ks = [te.reduce_axis((0, s), name=f"k{d}") for d, s in enumerate(shape[1:])]
         red = {"sum": te.sum, "max": te.max, "min": te.min,
                "prod": te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")}[kind]
@@ -308,14 +320,14 @@ def _red(kind, where=False, init=False, axes=1, dtype=F64):
         body = lambda i: (lambda v: v * v if kind == "sum" else v)(A[(i, *[k.var for k in ks])])  # noqa: E731
         if init:
             kw["init"] = None  # placeholder; set below per index
-            Y = te.compute((3,), lambda i: red(body(i), axis=ks, init=I[i],
+            Y = te.compute((n,), lambda i: red(body(i), axis=ks, init=I[i],
                                                 **{k: v for k, v in kw.items() if k != "init"}), name="Y")
         else:
-            Y = te.compute((3,), lambda i: red(body(i), axis=ks, **kw), name="Y")
+            Y = te.compute((n,), lambda i: red(body(i), axis=ks, **kw), name="Y")
 
         def reference(a, iv):
             v = a * a if kind == "sum" else a
-            flat = v.reshape(3, -1)[:, cond_np.ravel()]
+            flat = v.reshape(len(v), -1)[:, cond_np.ravel()]
             r = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[kind](flat, axis=1)
             if init:
                 r = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}[kind](iv, r)
@@ -334,20 +346,21 @@ def _red(kind, where=False, init=False, axes=1, dtype=F64):
 for _kind in ("sum", "max", "min", "prod"):
     for _where, _init in itertools.product((False, True), (False, True)):
         _id = f"reduce-{_kind}" + ("-where" if _where else "") + ("-init" if _init else "")
-        _add(_id, _red(_kind, _where, _init))
-    _add(f"reduce-{_kind}-2axes", _red(_kind, axes=2))
-    _add(f"reduce-{_kind}-2axes-where", _red(_kind, where=True, axes=2))
+        # Symbolic variants: the plain reduction and the one with both where= and init=.
+        _add(_id, _red(_kind, _where, _init), "n" if _where == _init else None)
+    _add(f"reduce-{_kind}-2axes", _red(_kind, axes=2), "n")
+    _add(f"reduce-{_kind}-2axes-where", _red(_kind, where=True, axes=2), "n")
 _add("reduce-sum-f32", _red("sum", dtype=F32))
 _add("reduce-max-where-init-f32", _red("max", where=True, init=True, dtype=F32))
 
 
-@_case("reduce-max-duplicated-reads")
-def _():
+@_case("reduce-max-duplicated-reads", "n")
+def _(n=3):
     # Every element is read twice (k // 2): the max is attained at two k, but the derivative of the
     # max w.r.t. A is still 1 (not 2): the tie goes to one k only.
-    A = ph((3, 4), "A")
+    A = ph((n, 4), "A")
     k = te.reduce_axis((0, 8), name="k")
-    return te.compute((3,), lambda i: te.max(A[i, k // 2], axis=k), name="Y"), [A], {"gens": {A: distinct}}
+    return te.compute((n,), lambda i: te.max(A[i, k // 2], axis=k), name="Y"), [A], {"gens": {A: distinct}}
 
 
 @_case("reduce-max-ties-first-index")
@@ -375,28 +388,28 @@ def _argmax_reducer():
     return te.comm_reducer(fcombine, fidentity, name="argmax")
 
 
-@_case("reduce-argmax-pair-value")
-def _():
-    A = ph((3, 5), "A")
+@_case("reduce-argmax-pair-value", "n")
+def _(n=3):
+    A = ph((n, 5), "A")
     k = te.reduce_axis((0, 5), name="k")
-    idx, val = te.compute((3,), lambda i: _argmax_reducer()((k.var, A[i, k] * 2.0), axis=k), name="AM")
+    idx, val = te.compute((n,), lambda i: _argmax_reducer()((k.var, A[i, k] * 2.0), axis=k), name="AM")
     return val, [A], {"gens": {A: distinct}}
 
 
-@_case("reduce-argmax-pair-both-outputs")
-def _():
-    A = ph((3, 5), "A")
+@_case("reduce-argmax-pair-both-outputs", "n")
+def _(n=3):
+    A = ph((n, 5), "A")
     k = te.reduce_axis((0, 5), name="k")
-    idx, val = te.compute((3,), lambda i: _argmax_reducer()((k.var, te.exp(A[i, k])), axis=k), name="AM")
-    Y = te.compute((3,), lambda i: val[i] * (idx[i].astype(F64) + 1.0), name="Y")
+    idx, val = te.compute((n,), lambda i: _argmax_reducer()((k.var, te.exp(A[i, k])), axis=k), name="AM")
+    Y = te.compute((n,), lambda i: val[i] * (idx[i].astype(F64) + 1.0), name="Y")
     return Y, [A], {"gens": {A: distinct}}
 
 
-@_case("reduce-argmax-pair-where")
-def _():
-    A = ph((3, 6), "A")
+@_case("reduce-argmax-pair-where", "n")
+def _(n=3):
+    A = ph((n, 6), "A")
     k = te.reduce_axis((0, 6), name="k")
-    idx, val = te.compute((3,), lambda i: _argmax_reducer()((k.var, A[i, k]), axis=k, where=k.var > 1),
+    idx, val = te.compute((n,), lambda i: _argmax_reducer()((k.var, A[i, k]), axis=k, where=k.var > 1),
                           name="AM")
     return val, [A], {"gens": {A: distinct},
                       "reference": lambda a: a[:, 2:].max(axis=1)}
@@ -407,53 +420,56 @@ def _logsumexp_reducer():
                            name="lse")
 
 
-@_case("reduce-logsumexp-comm-reducer")
-def _():
-    A = ph((3, 4), "A")
-    k = te.reduce_axis((0, 4), name="k")
+@_case("reduce-logsumexp-comm-reducer", "n")
+def _(n=4):
+    # The symbolic variant's reduction length is symbolic.
+    A = ph((3, n), "A")
+    k = te.reduce_axis((0, n), name="k")
     Y = te.compute((3,), lambda i: _logsumexp_reducer()(A[i, k], axis=k), name="Y")
     return Y, [A], {"reference": lambda a: np.log(np.exp(a).sum(1))}
 
 
-@_case("reduce-logsumexp-where-init")
-def _():
-    A, I = ph((3, 4), "A"), ph((3,), "I")
+@_case("reduce-logsumexp-where-init", "n")
+def _(n=3):
+    A, I = ph((n, 4), "A"), ph((n,), "I")
     k = te.reduce_axis((0, 4), name="k")
-    Y = te.compute((3,), lambda i: _logsumexp_reducer()(A[i, k], axis=k, where=k.var < 3, init=I[i]), name="Y")
+    Y = te.compute((n,), lambda i: _logsumexp_reducer()(A[i, k], axis=k, where=k.var < 3, init=I[i]), name="Y")
     return Y, [A, I], {"reference": lambda a, iv: np.logaddexp(iv, np.log(np.exp(a[:, :3]).sum(1)))}
 
 
-@_case("reduce-sum-of-products-2axes")
-def _():
-    A, B = ph((3, 4, 2), "A"), ph((4, 2), "B")
-    k, l = te.reduce_axis((0, 4), name="k"), te.reduce_axis((0, 2), name="l")
+@_case("reduce-sum-of-products-2axes", "n")
+def _(n=4):
+    # The symbolic variant's reduction length is symbolic.
+    A, B = ph((3, n, 2), "A"), ph((n, 2), "B")
+    k, l = te.reduce_axis((0, n), name="k"), te.reduce_axis((0, 2), name="l")
     Y = te.compute((3,), lambda i: te.sum(A[i, k, l] * B[k, l], axis=[k, l]), name="Y")
     return Y, [A, B]
 
 
-@_case("reduce-offset-axis")
-def _():
-    A = ph((3, 7), "A")
+@_case("reduce-offset-axis", "n")
+def _(n=3):
+    A = ph((n, 7), "A")
     k = te.reduce_axis((2, 6), name="k")
-    Y = te.compute((3,), lambda i: te.max(A[i, k], axis=k), name="Y")
+    Y = te.compute((n,), lambda i: te.max(A[i, k], axis=k), name="Y")
     return Y, [A], {"gens": {A: distinct}, "reference": lambda a: a[:, 2:6].max(1)}
 
 
-@_case("reduce-max-then-sum-chain")
-def _():
-    A = ph((4, 5), "A")
-    k = te.reduce_axis((0, 5), name="k")
+@_case("reduce-max-then-sum-chain", "n")
+def _(n=5):
+    # The symbolic variant's reduction length is symbolic.
+    A = ph((4, n), "A")
+    k = te.reduce_axis((0, n), name="k")
     M = te.compute((4,), lambda i: te.max(A[i, k], axis=k), name="M")
-    k2 = te.reduce_axis((0, 5), name="k2")
+    k2 = te.reduce_axis((0, n), name="k2")
     S = te.compute((4,), lambda i: te.sum(te.exp(A[i, k2] - M[i]), axis=k2), name="S")
     return S, [A], {"gens": {A: distinct}}
 
 
-@_case("multi-output-elementwise")
-def _():
-    A, B = ph((3, 4), "A"), ph((3, 4), "B")
-    P, Q = te.compute((3, 4), lambda i, j: (A[i, j] * B[i, j], te.exp(A[i, j]) - B[i, j]), name="PQ")
-    Y = te.compute((3, 4), lambda i, j: P[i, j] * Q[i, j] + Q[i, j], name="Y")
+@_case("multi-output-elementwise", "n")
+def _(n=3):
+    A, B = ph((n, 4), "A"), ph((n, 4), "B")
+    P, Q = te.compute((n, 4), lambda i, j: (A[i, j] * B[i, j], te.exp(A[i, j]) - B[i, j]), name="PQ")
+    Y = te.compute((n, 4), lambda i, j: P[i, j] * Q[i, j] + Q[i, j], name="Y")
     return Y, [A, B]
 
 
@@ -467,79 +483,84 @@ def _():
 # -- topi ------------------------------------------------------------------------------------------------
 
 def _conv2d_case(stride, dilation, kernel):
-    def build():
-        X, W = ph((1, 2, 7, 7), "X"), ph((3, 2, kernel, kernel), "W")
+    def build(b=1):
+        X, W = ph((b, 2, 7, 7), "X"), ph((3, 2, kernel, kernel), "W")
         Y = topi.nn.conv2d(X, W, strides=stride, padding=1, dilation=dilation)
         return Y, [X, W]
     return build
 
 
+# The convolutions with a symbolic batch: padded windows (stride 1), strided, dilated (a sample:
+# each symbolic build costs about half a second).
+_SYMBOLIC_CONV = {(1, 1, 2), (1, 1, 3), (2, 1, 3), (1, 2, 3), (2, 2, 2), (3, 3, 3)}
+
 for _s, _d, _k in itertools.product((1, 2, 3), repeat=3):
-    _add(f"conv2d-s{_s}-d{_d}-k{_k}", _conv2d_case(_s, _d, _k))
+    _add(f"conv2d-s{_s}-d{_d}-k{_k}", _conv2d_case(_s, _d, _k), "b" if (_s, _d, _k) in _SYMBOLIC_CONV else None)
 
 
-@_case("conv2d-f32")
-def _():
-    X, W = ph((1, 2, 6, 6), "X", F32), ph((2, 2, 3, 3), "W", F32)
+@_case("conv2d-f32", "b")
+def _(b=1):
+    X, W = ph((b, 2, 6, 6), "X", F32), ph((2, 2, 3, 3), "W", F32)
     return topi.nn.conv2d(X, W, strides=1, padding=1, dilation=1), [X, W]
 
 
-@_case("conv2d-nhwc")
-def _():
-    X, W = ph((1, 5, 5, 2), "X"), ph((3, 3, 2, 2), "W")
+@_case("conv2d-nhwc", "b")
+def _(b=1):
+    X, W = ph((b, 5, 5, 2), "X"), ph((3, 3, 2, 2), "W")
     return topi.nn.conv2d_nhwc(X, W, stride=1, padding=1, dilation=1), [X, W]
 
 
 def _depthwise_case(size, kernel, stride, padding, dilation):
-    def build():
-        X, W = ph((1, 2, size, size), "X"), ph((2, 1, kernel, kernel), "W")
+    def build(b=1):
+        X, W = ph((b, 2, size, size), "X"), ph((2, 1, kernel, kernel), "W")
         return topi.nn.depthwise_conv2d_nchw(X, W, stride=stride, padding=padding, dilation=dilation), [X, W]
     return build
 
 
-_add("depthwise-conv2d", _depthwise_case(6, 3, stride=2, padding=1, dilation=1))
-_add("depthwise-conv2d-dilated", _depthwise_case(7, 2, stride=1, padding=0, dilation=2))
+_add("depthwise-conv2d", _depthwise_case(6, 3, stride=2, padding=1, dilation=1), "b")
+_add("depthwise-conv2d-dilated", _depthwise_case(7, 2, stride=1, padding=0, dilation=2), "b")
 
 
-@_case("conv2d-transpose")
-def _():
-    X, W = ph((1, 2, 4, 4), "X"), ph((2, 3, 3, 3), "W")
+@_case("conv2d-transpose", "b")
+def _(b=1):
+    X, W = ph((b, 2, 4, 4), "X"), ph((2, 3, 3, 3), "W")
     return topi.nn.conv2d_transpose_nchw(X, W, (2, 2), (1, 1), F64, (1, 1)), [X, W]
 
 
-@_case("dense")
-def _():
-    x, w, b = ph((3, 5), "x"), ph((4, 5), "w"), ph((4,), "b")
+@_case("dense", "n")
+def _(n=3):
+    x, w, b = ph((n, 5), "x"), ph((4, 5), "w"), ph((4,), "b")
     return topi.nn.dense(x, w, b), [x, w, b]
 
 
-@_case("dense-f32")
-def _():
-    x, w = ph((3, 5), "x", F32), ph((4, 5), "w", F32)
+@_case("dense-f32", "n")
+def _(n=3):
+    x, w = ph((n, 5), "x", F32), ph((4, 5), "w", F32)
     return topi.nn.dense(x, w), [x, w]
 
 
-@_case("matmul")
-def _():
-    a, b = ph((3, 5), "a"), ph((5, 4), "b")
+@_case("matmul", "n")
+def _(n=3):
+    a, b = ph((n, 5), "a"), ph((5, 4), "b")
     return topi.matmul(a, b), [a, b]
 
 
-@_case("matmul-transposed")
-def _():
-    a, b = ph((5, 3), "a"), ph((4, 5), "b")
+@_case("matmul-transposed", "n")
+def _(n=3):
+    a, b = ph((5, n), "a"), ph((4, 5), "b")
     return topi.nn.matmul(a, b, transpose_a=True, transpose_b=True), [a, b]
 
 
-@_case("batch-matmul")
-def _():
-    a, b = ph((2, 3, 4), "a"), ph((2, 5, 4), "b")
-    return topi.nn.batch_matmul(a, b), [a, b]
+@_case("batch-matmul", "n")
+def _(n=2):
+    a, b = ph((n, 3, 4), "a"), ph((n, 5, 4), "b")
+    # With a symbolic batch, topi gives the output a batch variable of its own unless told.
+    return topi.nn.batch_matmul(a, b, oshape=(n, 3, 5)), [a, b]
 
 
 def _pool_case(kind, kernel, stride, dilation, padding):
-    def build():
-        X = ph((1, 2, 7, 7), "X")
+    def build(b=1):
+        X = ph((b, 2, 7, 7), "X")
         Y = topi.nn.pool2d(X, kernel=kernel, stride=stride, dilation=dilation, padding=padding,
                            pool_type=kind, count_include_pad=False)
         return Y, [X], {"gens": {X: distinct}}
@@ -550,30 +571,30 @@ for _kind in ("max", "avg"):
     for _k, _s, _dl, _p in [((2, 2), (2, 2), (1, 1), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
                             ((2, 2), (1, 1), (2, 2), (0, 0, 0, 0)), ((3, 2), (2, 3), (2, 1), (1, 0, 1, 0))]:
         _add(f"pool2d-{_kind}-k{_k[0]}{_k[1]}-s{_s[0]}{_s[1]}-d{_dl[0]}{_dl[1]}-p{sum(_p)}",
-             _pool_case(_kind, _k, _s, _dl, _p))
+             _pool_case(_kind, _k, _s, _dl, _p), "b")
 
 
-@_case("global-pool-avg")
-def _():
-    X = ph((2, 3, 4, 4), "X")
+@_case("global-pool-avg", "b")
+def _(b=2):
+    X = ph((b, 3, 4, 4), "X")
     return topi.nn.global_pool(X, "avg"), [X]
 
 
-@_case("global-pool-max")
-def _():
-    X = ph((2, 3, 3, 3), "X")
+@_case("global-pool-max", "b")
+def _(b=2):
+    X = ph((b, 3, 3, 3), "X")
     return topi.nn.global_pool(X, "max"), [X], {"gens": {X: distinct}}
 
 
-@_case("adaptive-pool-avg")
-def _():
-    X = ph((1, 2, 5, 5), "X")
+@_case("adaptive-pool-avg", "b")
+def _(b=1):
+    X = ph((b, 2, 5, 5), "X")
     return topi.nn.adaptive_pool(X, (2, 3), "avg"), [X]
 
 
-@_case("adaptive-pool-max")
-def _():
-    X = ph((1, 2, 5, 5), "X")
+@_case("adaptive-pool-max", "b")
+def _(b=1):
+    X = ph((b, 2, 5, 5), "X")
     return topi.nn.adaptive_pool(X, (2, 3), "max"), [X], {"gens": {X: distinct}}
 
 
@@ -598,39 +619,40 @@ def _with_zeros(rng, shape, dtype):
     return a.astype(dtype)
 
 
-@_case("reduce-prod-zeros")
-def _():
+@_case("reduce-prod-zeros", "n")
+def _(n=3):
     # d/dA[i,k] Π_k A[i,k] = Π_{k' != k} A[i,k']: P / A where no factor is zero, the product of the
     # others at a single zero, and 0 everywhere in a row with two zeros.
-    A = ph((3, 4), "A")
+    A = ph((n, 4), "A")
     prod = te.comm_reducer(lambda x, y: x * y, lambda t: tirx.const(1, t), name="prod")
     k = te.reduce_axis((0, 4), name="k")
-    Y = te.compute((3,), lambda i: prod(A[i, k], axis=k), name="Y")
+    Y = te.compute((n,), lambda i: prod(A[i, k], axis=k), name="Y")
     return Y, [A], {"gens": {A: _with_zeros}, "reference": lambda a: a.prod(axis=1)}
 
 
-@_case("softmax")
-def _():
-    X = ph((3, 5), "X")
+@_case("softmax", "n")
+def _(n=3):
+    X = ph((n, 5), "X")
     return topi.nn.softmax(X, axis=-1), [X]
 
 
-@_case("softmax-axis0-f32")
-def _():
-    X = ph((4, 3), "X", F32)
+@_case("softmax-axis0-f32", "n")
+def _(n=4):
+    # The symbolic variant's softmax axis is symbolic.
+    X = ph((n, 3), "X", F32)
     return topi.nn.softmax(X, axis=0), [X]
 
 
-@_case("log-softmax")
-def _():
-    X = ph((3, 5), "X")
+@_case("log-softmax", "n")
+def _(n=3):
+    X = ph((n, 5), "X")
     return topi.nn.log_softmax(X), [X]
 
 
-@_case("layer-norm")
-def _():
+@_case("layer-norm", "n")
+def _(n=3):
     # topi's layer_norm supports float32 and float16 only.
-    X, g, b = ph((3, 6), "X", F32), ph((6,), "g", F32), ph((6,), "b", F32)
+    X, g, b = ph((n, 6), "X", F32), ph((6,), "g", F32), ph((6,), "b", F32)
     return topi.nn.layer_norm(X, g, b, axis=[1]), [X, g, b], {"eps": 3e-3}
 
 
@@ -641,29 +663,29 @@ def _():
     return te.compute((4, 6), lambda i, j: Y[i, j] * Y[i, j], name="Z"), [X]
 
 
-@_case("flatten")
-def _():
-    X = ph((2, 2, 3, 2), "X")
+@_case("flatten", "b")
+def _(b=2):
+    X = ph((b, 2, 3, 2), "X")
     Y = topi.nn.flatten(X)
     return te.compute(Y.shape, lambda i, j: te.sin(Y[i, j]) * (j + 1.0), name="Z"), [X]
 
 
-@_case("transpose")
-def _():
-    X = ph((2, 3, 4), "X")
+@_case("transpose", "n")
+def _(n=2):
+    X = ph((n, 3, 4), "X")
     Y = topi.transpose(X, (2, 0, 1))
     return te.compute(Y.shape, lambda a, b, c: Y[a, b, c] * (a * 3.0 + c), name="Z"), [X]
 
 
-@_case("concatenate")
-def _():
-    A, B = ph((2, 3), "A"), ph((4, 3), "B")
+@_case("concatenate", "n")
+def _(n=2):
+    A, B = ph((n, 3), "A"), ph((4, 3), "B")
     return topi.concatenate([A, B, A], axis=0), [A, B]
 
 
-@_case("concatenate-axis1")
-def _():
-    A, B = ph((2, 3), "A"), ph((2, 2), "B")
+@_case("concatenate-axis1", "n")
+def _(n=2):
+    A, B = ph((n, 3), "A"), ph((n, 2), "B")
     Y = topi.concatenate([A, B], axis=1)
     return te.compute(Y.shape, lambda i, j: Y[i, j] * Y[i, j], name="Z"), [A, B]
 
@@ -675,11 +697,11 @@ def _():
     return te.compute((2, 3), lambda i, j: a[i, j] * c[i, j] + te.exp(b[i, j]), name="Z"), [X]
 
 
-@_case("split-indices")
-def _():
-    X = ph((3, 7), "X")
+@_case("split-indices", "n")
+def _(n=3):
+    X = ph((n, 7), "X")
     a, b = topi.split(X, [2], axis=1)
-    return te.compute((3, 2), lambda i, j: a[i, j] * b[i, j + 3], name="Z"), [X]
+    return te.compute((n, 2), lambda i, j: a[i, j] * b[i, j + 3], name="Z"), [X]
 
 
 @_case("strided-slice")
@@ -689,9 +711,10 @@ def _():
     return te.compute(Y.shape, lambda i, j: Y[i, j] * Y[i, j], name="Z"), [X]
 
 
-@_case("take-clip")
-def _():
-    X, I = ph((5, 3), "X"), ph((4,), "I", "int32")
+@_case("take-clip", "n")
+def _(n=4):
+    # The symbolic variant has a symbolic number of indices.
+    X, I = ph((5, 3), "X"), ph((n,), "I", "int32")
     Y = topi.take(X, I, axis=0, mode="clip")
     return te.compute(Y.shape, lambda i, j: Y[i, j] * Y[i, j], name="Z"), [X], {"gens": {I: integers(-2, 7)}}
 
@@ -702,70 +725,70 @@ def _():
     return topi.take(X, I, mode="wrap"), [X], {"gens": {I: integers(0, 12)}}
 
 
-@_case("pad")
-def _():
-    X = ph((1, 2, 3, 3), "X")
+@_case("pad", "b")
+def _(b=1):
+    X = ph((b, 2, 3, 3), "X")
     Y = topi.nn.pad(X, [0, 0, 1, 2], [0, 0, 2, 0], pad_value=0.5)
     return te.compute(Y.shape, lambda *i: Y(*i) * Y(*i), name="Z"), [X]
 
 
-@_case("broadcast-arith")
-def _():
-    A, B, C = ph((3, 1), "A"), ph((1, 4), "B"), ph((4,), "C")
+@_case("broadcast-arith", "n")
+def _(n=3):
+    A, B, C = ph((n, 1), "A"), ph((1, 4), "B"), ph((4,), "C")
     return topi.divide(topi.multiply(topi.add(A, B), C), topi.add(topi.exp(B), 1.0)), [A, B, C]
 
 
-@_case("broadcast-subtract-power")
-def _():
-    A, B = ph((2, 3, 1), "A"), ph((3, 4), "B")
+@_case("broadcast-subtract-power", "n")
+def _(n=3):
+    A, B = ph((2, n, 1), "A"), ph((n, 4), "B")
     return topi.power(topi.subtract(A, B), 2.0), [A, B]
 
 
-@_case("einsum-matmul")
-def _():
-    a, b = ph((3, 4), "a"), ph((4, 2), "b")
+@_case("einsum-matmul", "n")
+def _(n=3):
+    a, b = ph((n, 4), "a"), ph((4, 2), "b")
     return topi.einsum("ij,jk->ik", a, b), [a, b]
 
 
-@_case("einsum-batched-trace")
-def _():
-    a, b = ph((2, 3, 3), "a"), ph((2, 3), "b")
+@_case("einsum-batched-trace", "n")
+def _(n=2):
+    a, b = ph((n, 3, 3), "a"), ph((n, 3), "b")
     return topi.einsum("bii,bj->bj", a, b), [a, b]
 
 
-@_case("tensordot")
-def _():
-    a, b = ph((2, 3, 4), "a"), ph((4, 3, 2), "b")
+@_case("tensordot", "n")
+def _(n=2):
+    a, b = ph((n, 3, 4), "a"), ph((4, 3, 2), "b")
     return topi.tensordot(a, b, ((1, 2), (1, 0))), [a, b]
 
 
-@_case("topi-activations")
-def _():
-    X, S = ph((3, 4), "X"), ph((4,), "S")
+@_case("topi-activations", "n")
+def _(n=3):
+    X, S = ph((n, 4), "X"), ph((4,), "S")
     Y = topi.nn.leaky_relu(X, 0.1)
     Z = topi.nn.prelu(topi.tanh(Y), S, axis=1)
     return topi.sigmoid(topi.clip(Z, -0.8, 0.8)), [X, S], {"gens": {X: uniform(-2, 2)}}
 
 
-@_case("topi-sum-max-reductions")
-def _():
-    X = ph((3, 4, 2), "X")
+@_case("topi-sum-max-reductions", "n")
+def _(n=3):
+    X = ph((n, 4, 2), "X")
     s = topi.sum(topi.exp(X), axis=(1, 2))
     m = topi.max(X, axis=1)
-    return te.compute((3,), lambda i: s[i] * m[i, 0] + m[i, 1], name="Z"), [X], {"gens": {X: distinct}}
+    return te.compute((n,), lambda i: s[i] * m[i, 0] + m[i, 1], name="Z"), [X], {"gens": {X: distinct}}
 
 
-@_case("two-layer-convnet-cross-entropy")
-def _():
-    x = ph((2, 1, 6, 6), "x")
+@_case("two-layer-convnet-cross-entropy", "batch")
+def _(batch=2):
+    x = ph((batch, 1, 6, 6), "x")
     w1, w2 = ph((2, 1, 3, 3), "w1"), ph((3, 2, 3, 3), "w2")
     fc, b = ph((4, 3 * 3 * 3), "fc"), ph((4,), "b")
-    labels = ph((2, 4), "labels")      # one-hot, not differentiated
+    labels = ph((batch, 4), "labels")      # one-hot, not differentiated
     h1 = topi.nn.relu(topi.nn.conv2d(x, w1, strides=1, padding=1, dilation=1))
     h2 = topi.nn.relu(topi.nn.conv2d(h1, w2, strides=2, padding=1, dilation=1))
     logits = topi.nn.dense(topi.nn.flatten(h2), fc, b)
     logp = topi.nn.log_softmax(logits)
-    n, c = te.reduce_axis((0, 2), name="n"), te.reduce_axis((0, 4), name="c")
+    n, c = te.reduce_axis((0, batch), name="n"), te.reduce_axis((0, 4), name="c")
     total = te.compute((), lambda: te.sum(-labels[n, c] * logp[n, c], axis=[n, c]), name="total")
     loss = te.compute((), lambda: total() / 2.0, name="loss")
 
@@ -800,3 +823,16 @@ class Differentiated:
 @functools.lru_cache(maxsize=None)
 def differentiated(cid: str) -> Differentiated:
     return Differentiated(case(cid))
+
+
+# -- symbolic-shape variants ----------------------------------------------------------------------
+
+SYMBOLIC_IDS = [c.id for c in CASES if c.dim is not None]
+
+
+def symbolic(cid: str) -> tuple[Built, dict]:
+    """(the case built with its dimension `dim` a te.var named dim, {dim: size}): under these
+    bindings the graph is the static `case(cid).build()`, the builder's default being that size."""
+    c = case(cid)
+    size = inspect.signature(c.builder).parameters[c.dim].default
+    return c.build(**{c.dim: te.var(c.dim)}), {c.dim: size}

@@ -28,7 +28,7 @@ from gradcheck import make_values, normal, run_poisoned
 from op_table import IDS, differentiated
 from tvm_autodiff.counting import op_iterations
 from tvm_autodiff.ir.graph import ops_post_order, placeholders
-from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros
+from tvm_autodiff.passes import eliminate_reduction, eliminate_zeros, hoist_factors
 from tvm_autodiff.ir.expr import simplify, substitute
 from tvm_autodiff.passes.domain import reduction_domain
 from tvm_autodiff.passes.eliminate import ceil_divisions, reduce_term, split_terms
@@ -654,6 +654,22 @@ def test_padded_window_is_a_fixed_box_over_a_zero_padded_head():
     assert op_iterations(reduction[0]) == 2 * 6 * 12 * 12 * 4 * 5 * 5
 
 
+def test_padded_window_with_a_symbolic_batch():
+    """The same conv with a symbolic batch b: the head is padded along the window axes only (the
+    batch axis is read at an outer variable, inside its bounds), so the work at b = 2 is the
+    static case's and the values are the naive gradient's."""
+    b = te.var("b")
+    X, W = te.placeholder((b, 6, 12, 12), F64, name="X"), te.placeholder((4, 6, 5, 5), F64, name="W")
+    Y = topi.nn.conv2d(X, W, strides=1, padding=0, dilation=1)
+    rng = np.random.default_rng(3)
+    x, w, h = rng.standard_normal((2, 6, 12, 12)), rng.standard_normal((4, 6, 5, 5)), rng.standard_normal((2, 4, 8, 8))
+    (naive, _), (opt, _), (dX, _) = _on_off(Y, [X, W], [x, w], h)
+    np.testing.assert_allclose(opt, naive, rtol=1e-10)
+    pads = [op for op in ops_post_order([dX]) if op.name.endswith("_pad")]
+    assert [(op.name, [str(d) for d in op.output(0).shape]) for op in pads] == [("H_pad", ["b", "4", "16", "16"])]
+    assert ad.work(dX, bindings={"b": 2}).per_op["dpad_temp_from_conv2d_nchw"] == 2 * 6 * 12 * 12 * 4 * 5 * 5
+
+
 @pytest.mark.parametrize("xs,ws,stride", [
     ((1, 2, 10, 10), (3, 2, 3, 3), 2),     # the stride's phase condition on the output
     ((1, 2, 9, 20), (3, 2, 7, 6), 1),      # padding the 3x15 head would 8-fold it
@@ -680,3 +696,44 @@ def test_padded_window_only_where_a_zero_read_zeroes_the_summand(linear):
     rng = np.random.default_rng(0)
     want, got = fn(rng.standard_normal(4), rng.standard_normal(3))
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# -- argument checks -------------------------------------------------------------------------------
+
+
+def _small():
+    A = te.placeholder((4, 4), F64, name="A")
+    return A, te.compute((4, 4), lambda i, j: A[i, j] + A[j, i], name="Y")
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda A, Y: eliminate_zeros(np.zeros(3)), r"eliminate_zeros\(\) tensors must be a te.Tensor or a list of "
+                                                r"te.Tensors, got a numpy array of shape \(3,\); pass the te.Tensor"),
+    (lambda A, Y: eliminate_zeros("Y"), r"eliminate_zeros\(\) tensors must be .*, got str 'Y'"),
+    (lambda A, Y: eliminate_zeros([Y, 1.5]), r"eliminate_zeros\(\) tensors\[1\] must be a te.Tensor, got float 1.5"),
+    (lambda A, Y: eliminate_zeros(Y, scatter="no"), r"eliminate_zeros\(\) scatter must be True or False"),
+    (lambda A, Y: eliminate_zeros(Y, ops=Y), r"eliminate_zeros\(\) ops must be .*; pass \[Y.op\]"),
+    (lambda A, Y: eliminate_zeros(Y, ops=[Y]), r"eliminate_zeros\(\) ops\[0\] must be a te operation, got "
+                                               r"te.Tensor 'Y'; pass Y.op"),
+    (lambda A, Y: hoist_factors({"Y": Y}), r"hoist_factors\(\) tensors\[0\] must be a te.Tensor, got str 'Y'"),
+    (lambda A, Y: eliminate_reduction(Y, list(Y.op.body)), r"eliminate_reduction\(\) op must be a te operation "
+                                                           r"\(t.op\), got te.Tensor 'Y'"),
+    (lambda A, Y: eliminate_reduction(Y.op, Y.op.body[0]), r"eliminate_reduction\(\) bodies must be a list of 1 "
+                                                           r"expressions, one per output of 'Y'"),
+    (lambda A, Y: eliminate_reduction(Y.op, list(Y.op.body), scatter=None),
+     r"eliminate_reduction\(\) scatter must be True or False"),
+])
+def test_pass_arguments_are_checked(call, message):
+    A, Y = _small()
+    with pytest.raises(TypeError, match=message):
+        call(A, Y)
+
+
+def test_pass_arguments_that_are_accepted():
+    """A single tensor, a tuple, the list-like result of differentiate; ops as a set or a tuple."""
+    A, Y = _small()
+    grads = ad.differentiate(Y, [A], head=te.placeholder((4, 4), F64, name="H"))
+    (dA,) = eliminate_zeros(grads)
+    assert eliminate_zeros((dA,))[0].same_as(dA) and eliminate_zeros(dA, ops={dA.op}).same_as(dA)
+    assert hoist_factors(grads)[0].same_as(grads[0])
+    assert ad.work(dA).iterations == 16

@@ -2,13 +2,16 @@
 import io
 import time
 
+import numpy as np
 import pytest
-from tvm import te, tirx
+from tvm import te, tirx, topi
 
+import tvm_autodiff as ad
 import tvm_autodiff.counting as work_module
 from tvm_autodiff.ir.graph import placeholders
 from tvm_autodiff.printing import format_expr
 from tvm_autodiff.counting import Work, count_loops, explain, op_iterations, work
+from tvm_autodiff.passes import eliminate_zeros
 
 
 def matmul(n, m, p):
@@ -89,7 +92,7 @@ def test_count_loops_matches_enumeration():
              (k, tirx.const(0), j * j - i, None)]
     expected = sum(max(j * j - i, 0)
                    for i in range(7) for j in range(i - 3, i - 3 + min(i, 4) % 3 + 2, 2))
-    assert count_loops(loops, work_module._Bindings(None)) == expected
+    assert count_loops(loops, work_module._Bindings({}, {})) == expected
 
 
 def test_multi_output_op_has_one_block_per_output():
@@ -172,7 +175,7 @@ def test_explain_lists_ops_axes_and_work():
 def test_explain_shows_the_graph_after_eliminate_zeros(monkeypatch):
     T = triangular(10)
     smaller = te.compute((10,), lambda i: T.op.input_tensors[0][i] * 1.0, name="T2")
-    monkeypatch.setattr(work_module, "eliminate_zeros", lambda t: smaller)
+    monkeypatch.setattr(work_module, "eliminate_zeros", lambda tensors: [smaller])
     text = explain([T])
     before, after = text.split("== after eliminate_zeros ==")
     assert "reduce: k in [0, i + 1)" in before and "work:   55 iterations" in before
@@ -204,3 +207,121 @@ def test_multi_output_reduction_is_one_block():
     V, I = te.compute((4,), lambda i: argmax((X[i, k], k), axis=k), name="M")
     assert work([V, I]).iterations == 24
     assert op_iterations(V.op) == 24
+
+
+# -- symbolic shapes ------------------------------------------------------------------------------
+
+
+def _symbolic_dense_gradient(optimize=True):
+    """dW of dense(X (b, 64), W (32, 64)) for the head full_like(Y, 1)."""
+    b = te.var("b")
+    X, W = te.placeholder((b, 64), name="X"), te.placeholder((32, 64), name="W")
+    Y = topi.nn.dense(X, W)
+    return ad.differentiate(Y, [W], head=topi.full_like(Y, 1.0), optimize=optimize)[0]
+
+
+def test_explain_shows_symbolic_work_and_the_bindings_to_pass():
+    dW = _symbolic_dense_gradient(optimize=False)
+    text = explain(dW)
+    assert text.splitlines()[0] == ("symbolic dimensions b are unbound: the work is shown in terms of them; "
+                                    "pass bindings={'b': <int>} for counts")
+    assert "total before: b * 4194336 iterations, b * 32 + 2048 elements" in text
+    assert "total after eliminate_zeros: select(1 <= b, b, 1) * 2048 + b * 32 iterations" in text
+    # The expressions are the counts: at b = 8, 8 · 4194336 before and 8 · 2048 + 8 · 32 after.
+    bound = explain(dW, bindings={"b": 8})
+    assert work(dW, {"b": 8}).iterations == 8 * 4194336
+    assert bound.endswith(f"work: {8 * 4194336} -> {8 * 2048 + 8 * 32} iterations (0.000496x)\n")
+    assert work(eliminate_zeros(dW), {"b": 8}) == Work(8 * 2080, 8 * 32 + 2048, {
+        "T_full_like": 8 * 32, "dW_from_T_matmul_NT": 8 * 2048})
+
+
+def test_explain_of_a_symbolic_non_box_nest_asks_for_bindings():
+    n = te.var("n")
+    A = te.placeholder((n,), name="A")
+
+    def body(i):
+        k = te.reduce_axis((0, i + 1), name="k")
+        return te.sum(A[k], axis=k)
+    T = te.compute((n,), body, name="T")
+    text = explain(T)
+    assert "work:   (bind n to count)" in text and "total before: (pass bindings to count) iterations, n elements" in text
+    assert explain(T, bindings={"n": 6}).endswith("work: 21 -> 21 iterations (1x)\n")
+
+
+def test_symbolic_shapes_partly_bound_still_explain():
+    n, m = te.var("n"), te.var("m")
+    A = te.placeholder((n, m), name="A")
+    k = te.reduce_axis((0, m), name="k")
+    R = te.compute((n,), lambda i: te.sum(A[i, k], axis=k), name="R")
+    S = te.compute((4,), lambda i: A[i, 0] * 2.0, name="S")
+    text = explain([R, S], bindings={"m": 3})
+    assert "symbolic dimensions n are unbound" in text
+    assert "work:   n * 3 iterations" in text and "work:   4 iterations" in text
+    assert "total before: n * 3 + 4 iterations, n + 4 elements" in text
+    assert work([R, S], {"n": 5, "m": 3}).iterations == 5 * 3 + 4
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+
+def _graph():
+    n = te.var("n")
+    A = te.placeholder((n, 4), name="A")
+    return n, te.compute((n, 4), lambda i, j: A[i, j] * 2.0, name="B")
+
+
+@pytest.mark.parametrize("fn", [work, explain])
+@pytest.mark.parametrize("tensors,message", [
+    (np.zeros((2, 4)), "tensors must be a te.Tensor or a list of te.Tensors, got a numpy array"),
+    ("B", "tensors must be a te.Tensor or a list of te.Tensors, got str 'B'"),
+    (3, "tensors must be a te.Tensor or a list of te.Tensors, got int 3"),
+])
+def test_tensors_argument_is_checked(fn, tensors, message):
+    with pytest.raises(TypeError, match=f"{fn.__name__}\\(\\) {message}"):
+        fn(tensors)
+
+
+@pytest.mark.parametrize("fn", [work, explain])
+def test_a_list_with_a_non_tensor_names_its_index(fn):
+    _, B = _graph()
+    with pytest.raises(TypeError, match=r"tensors\[1\] must be a te.Tensor, got str 'x'"):
+        fn([B, "x"], bindings={"n": 2})
+    assert work((B,), {"n": 2}).iterations == work(B, {"n": 2}).iterations == 8
+
+
+@pytest.mark.parametrize("fn", [work, explain])
+@pytest.mark.parametrize("bindings,error,message", [
+    ([("n", 2)], TypeError, r"bindings must be a dict \{name or te.var: int\}, got list"),
+    ({"n": 2.0}, TypeError, r"bindings\['n'\] must be an int, got float 2.0"),
+    ({"n": "2"}, TypeError, r"bindings\['n'\] must be an int, got str '2'"),
+    ({"n": True}, TypeError, r"bindings\['n'\] must be an int, got bool True"),
+    ({"n": -1}, ad.DifferentiationError, r"bindings\['n'\] is -1; a dimension is at least 0"),
+    ({"m": 2}, ad.DifferentiationError, r"bindings: 'm' is not a symbolic dimension of these tensors \(theirs: n\)"),
+    ({3: 2}, TypeError, r"bindings keys must be te.var's or their names, got int 3"),
+])
+def test_bindings_are_checked(fn, bindings, error, message):
+    _, B = _graph()
+    with pytest.raises(error, match=f"{fn.__name__}\\(\\) {message}"):
+        fn(B, bindings=bindings)
+
+
+def test_bindings_by_var_and_numpy_int():
+    n, B = _graph()
+    assert work(B, {n: np.int64(3)}) == Work(12, 12, {"B": 12})
+    with pytest.raises(ad.DifferentiationError, match="not a symbolic dimension"):
+        work(B, {te.var("n"): 3})     # another variable of the same name is not B's
+
+
+def test_work_names_the_missing_bindings():
+    _, B = _graph()
+    with pytest.raises(ad.DifferentiationError, match=r"work\(\) counts iterations, which depend on the symbolic "
+                       r"dimensions n; pass bindings=\{'n': <int>\}"):
+        work(B)
+
+
+def test_explain_file_is_checked():
+    _, B = _graph()
+    with pytest.raises(TypeError, match="explain\\(\\) file must have a write method"):
+        explain(B, file="out.txt", bindings={"n": 1})
+    out = io.StringIO()
+    assert explain(B, file=out, bindings={"n": 1}) == out.getvalue() and "total before: 4 iterations" in out.getvalue()

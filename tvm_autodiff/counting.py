@@ -9,7 +9,11 @@ loop iterations, not predicate hits.
 """
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import reduce
 
 import numpy as np
 import tvm_ffi
@@ -17,11 +21,13 @@ from tvm import te, tirx
 from tvm.ir import Call, Var
 from tvm.s_tir import SBlock, SBlockRealize
 
-from tvm_autodiff.ir.expr import free_vars, substitute
+from tvm_autodiff.ir.expr import cast, free_vars, simplify, substitute
 from tvm_autodiff.ir.graph import ops_post_order, outputs_of, placeholders, unique_tensors
 from tvm_autodiff.passes import eliminate_zeros
+from tvm_autodiff.passes.arguments import tensor_list
 
 from .compile import Compiled
+from .errors import ArgumentTypeError, DifferentiationError, describe
 from .printing import format_expr, format_range
 
 # Enumerating more distinct outer-loop values than this would take minutes and gigabytes.
@@ -44,55 +50,124 @@ class Work:
 def work(tensors, bindings=None) -> Work:
     """Count the work of computing `tensors` (a te.Tensor or a list) and everything they depend on.
 
-    `bindings` maps the symbolic shape variables (tvm Vars or their names) to ints.
-    """
-    tensors = unique_tensors([tensors] if isinstance(tensors, te.Tensor) else tensors)
-    env = _Bindings(bindings)
+    `bindings` maps the graph's symbolic shape variables (te.var objects or their names) to ints;
+    each one that a loop bound uses must be bound (`explain` shows the work of a graph with
+    unbound ones as expressions in them)."""
+    tensors = unique_tensors(tensor_list(tensors, "work() tensors"))
+    env = _bind(bindings, tensors, "work")
+    missing = env.unbound(_shape_vars(tensors))
+    if missing:
+        raise DifferentiationError(f"work() counts iterations, which depend on the symbolic dimensions "
+                                   f"{_names(missing)}; pass bindings={_template(missing)}.")
+    return _count(tensors, env)
+
+
+def _count(tensors, env: "_Bindings") -> Work:
     computed = [t for t in tensors if not isinstance(t.op, te.PlaceholderOp)]
     per_op: dict[str, int] = {}
     if computed:
         func = te.create_prim_func(placeholders(tensors) + computed)
         for name, loops in _leaves(func.body):
             per_op[name] = per_op.get(name, 0) + count_loops(loops, env)
-    elements = sum(_size(t.shape, env) for op in ops_post_order(tensors)
-                   if not isinstance(op, te.PlaceholderOp) for t in outputs_of(op))
+    elements = sum(math.prod(_evaluate(d, {}, env) for d in t.shape) for t in _materialized(tensors))
     return Work(sum(per_op.values()), elements, per_op)
 
 
 def op_iterations(op, bindings=None) -> int:
     """Iterations of one ComputeOp read off its TE axes: create_prim_func emits one block per output
     of an elementwise op, and one block storing every output of a reduction."""
-    loops = [(iv.var, iv.dom.min, iv.dom.extent, None) for iv in list(op.axis) + list(op.reduce_axis)]
-    blocks = 1 if len(op.reduce_axis) else op.num_outputs
-    return blocks * count_loops(loops, _Bindings(bindings))
+    return _count_op(op, _bind(bindings, outputs_of(op), "op_iterations"))
+
+
+def _loops(op) -> list:
+    return [(iv.var, iv.dom.min, iv.dom.extent, None) for iv in list(op.axis) + list(op.reduce_axis)]
+
+
+def _blocks(op) -> int:
+    return 1 if len(op.reduce_axis) else op.num_outputs
+
+
+def _count_op(op, env: "_Bindings") -> int:
+    return _blocks(op) * count_loops(_loops(op), env)
+
+
+def _symbolic_iterations(op, env: "_Bindings"):
+    """`_count_op` as an expression in the shape variables when op's loops form a box (no bound
+    reads a loop variable): the product of the extents, which count_loops clamps at 0 (a
+    difference only where an extent is negative, which no valid shape has); None otherwise."""
+    loops = _loops(op)
+    own = {v for v, _, _, _ in loops}
+    if any(free_vars(ext) & own for _, _, ext, _ in loops):
+        return None
+    return _product([tirx.const(_blocks(op), "int32")] + [env.apply(ext) for _, _, ext, _ in loops])
 
 
 def explain(tensors, file=None, bindings=None) -> str:
     """A readable dump of the graph of `tensors`: each op (producers first) with its shape, axes,
-    body and work, then the total, before and after `tvm_autodiff.passes.eliminate_zeros`.
-    Given a `Compiled` (what `build` returns), the schedule rule of each of its blocks and why the
-    rules before it declined.  Returns the text and also writes it to `file` if given."""
+    body and work, then the total, before and after `tvm_autodiff.passes.eliminate_zeros`.  With
+    symbolic shapes and no `bindings` for them, the work is shown as expressions in them where the
+    loops form boxes, and the text says which bindings give counts.  Given a `Compiled` (what
+    `build` returns), the schedule rule of each of its blocks and why the rules before it
+    declined.  Returns the text and also writes it to `file` (anything with `write`) if given."""
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise ArgumentTypeError(f"explain() file must have a write method (an open text file, "
+                                f"io.StringIO, sys.stdout), got {describe(file)}.")
     if isinstance(tensors, Compiled):
         text = tensors.explain() + "\n"
-        if file is not None:
-            file.write(text)
-        return text
-    tensors = [tensors] if isinstance(tensors, te.Tensor) else list(tensors)
-    sections = [("before", tensors), ("after eliminate_zeros", [eliminate_zeros(t) for t in tensors])]
-    lines, totals = [], []
-    for title, graph in sections:
-        total = work(graph, bindings)
-        totals.append(total.iterations)
-        lines += [f"== {title} =="] + _describe(graph, bindings)
-        lines.append(f"total {title}: {total.iterations} iterations, {total.elements} elements")
-    lines.append(f"work: {totals[0]} -> {totals[1]} iterations ({totals[1] / max(totals[0], 1):.3g}x)")
-    text = "\n".join(lines) + "\n"
+    else:
+        text = _explain_graph(tensor_list(tensors, "explain() tensors"), bindings)
     if file is not None:
         file.write(text)
     return text
 
 
-def _describe(tensors, bindings) -> list[str]:
+def _explain_graph(tensors: list, bindings) -> str:
+    env = _bind(bindings, tensors, "explain")
+    unbound = env.unbound(_shape_vars(tensors))
+    lines = []
+    if unbound:
+        lines.append(f"symbolic dimensions {_names(unbound)} are unbound: the work is shown in terms of "
+                     f"them; pass bindings={_template(unbound)} for counts")
+    totals = []
+    for title, graph in (("before", tensors), ("after eliminate_zeros", eliminate_zeros(tensors))):
+        iterations, elements = _totals(unique_tensors(graph), env, unbound)
+        totals.append(iterations)
+        lines += [f"== {title} =="] + _describe(graph, env)
+        lines.append(f"total {title}: {_show(iterations)} iterations, {_show(elements)} elements")
+    before, after = totals
+    ratio = f" ({after / max(before, 1):.3g}x)" if all(isinstance(t, int) for t in totals) else ""
+    lines.append(f"work: {_show(before)} -> {_show(after)} iterations{ratio}")
+    return "\n".join(lines) + "\n"
+
+
+def _totals(tensors, env: "_Bindings", unbound: list) -> tuple:
+    """(iterations, elements) of the graph: ints, or with unbound dimensions expressions in them
+    (iterations None when some op's loops are not a box, or it is not a ComputeOp)."""
+    if not unbound:
+        w = _count(tensors, env)
+        return w.iterations, w.elements
+    ops = [op for op in ops_post_order(tensors) if not isinstance(op, te.PlaceholderOp)]
+    counts = [_symbolic_iterations(op, env) if isinstance(op, te.ComputeOp) else None for op in ops]
+    iterations = None if any(c is None for c in counts) else _sum(counts)
+    return iterations, _sum([env.apply(_size(t)) for t in _materialized(tensors)])
+
+
+def _show(count) -> str:
+    if count is None:
+        return "(pass bindings to count)"
+    return str(count) if isinstance(count, int) else format_expr(count)
+
+
+def _op_work(op, env: "_Bindings") -> str:
+    """The iterations of op: a count when its bounds are bound, else an expression or a request."""
+    missing = env.unbound(_shape_vars(outputs_of(op), inputs=False))
+    if not missing:
+        return f"{_count_op(op, env)} iterations"
+    expr = _symbolic_iterations(op, env)
+    return f"{format_expr(expr)} iterations" if expr is not None else f"(bind {_names(missing)} to count)"
+
+
+def _describe(tensors, env: "_Bindings") -> list[str]:
     lines = []
     for op in ops_post_order(tensors):
         for t in outputs_of(op):
@@ -108,8 +183,35 @@ def _describe(tensors, bindings) -> list[str]:
         for i, body in enumerate(op.body):
             label = "body:  " if op.num_outputs == 1 else f"body[{i}]:"
             lines.append(f"  {label} {format_expr(body)}")
-        lines.append(f"  work:   {op_iterations(op, bindings)} iterations")
+        lines.append(f"  work:   {_op_work(op, env)}")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic shape variables and their bindings.
+
+def _shape_vars(tensors, inputs: bool = True) -> list:
+    """The free variables of the loop bounds of the graph of `tensors` (its symbolic dimensions:
+    shapes and axis ranges), by name; with inputs=False, of the ops of `tensors` alone."""
+    seen = {}
+    for op in ops_post_order(tensors) if inputs else {t.op: None for t in tensors}:
+        exprs = [d for t in outputs_of(op) for d in t.shape]
+        own = set()
+        if isinstance(op, te.ComputeOp):
+            ivs = list(op.axis) + list(op.reduce_axis)
+            exprs += [e for iv in ivs for e in (iv.dom.min, iv.dom.extent)]
+            own = {iv.var for iv in ivs}
+        for e in exprs:
+            seen.update((v, None) for v in free_vars(e) if v not in own)
+    return sorted(seen, key=lambda v: v.name)
+
+
+def _names(vars) -> str:
+    return ", ".join(v.name for v in vars)
+
+
+def _template(vars) -> str:
+    return "{" + ", ".join(f"{v.name!r}: <int>" for v in vars) + "}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,17 +302,50 @@ def _expand(var, lo, step, trips, cols, weights):
 class _Bindings:
     """Values of symbolic shape variables, looked up by Var identity or by name."""
 
-    def __init__(self, bindings):
-        self.by_var, self.by_name = {}, {}
-        for key, value in (bindings or {}).items():
-            (self.by_name if isinstance(key, str) else self.by_var)[key] = int(value)
+    def __init__(self, by_var: dict, by_name: dict):
+        self.by_var, self.by_name = by_var, by_name
+
+    def unbound(self, vars) -> list:
+        return [v for v in vars if v not in self.by_var and v.name not in self.by_name]
+
+    def apply(self, expr):
+        """expr with the bound variables replaced by their values."""
+        bound = [v for v in free_vars(expr) if not self.unbound([v])]
+        return simplify(substitute(expr, {v: tirx.const(self[v], str(v.ty.dtype)) for v in bound}))
 
     def __getitem__(self, var) -> int:
         if var in self.by_var:
             return self.by_var[var]
         if var.name in self.by_name:
             return self.by_name[var.name]
-        raise ValueError(f"work: symbolic variable {var.name!r} is unbound; pass bindings={{{var.name!r}: <int>}}")
+        raise DifferentiationError(f"work: symbolic variable {var.name!r} is unbound; pass bindings={{{var.name!r}: <int>}}")
+
+
+def _bind(bindings, tensors, fn: str) -> _Bindings:
+    """`bindings` checked against the graph of `tensors`: a dict whose keys are its symbolic
+    dimensions (te.var objects or their names) and whose values are ints >= 0."""
+    if bindings is None:
+        return _Bindings({}, {})
+    if not isinstance(bindings, Mapping):
+        raise ArgumentTypeError(f"{fn}() bindings must be a dict {{name or te.var: int}}, got {describe(bindings)}.")
+    dims = _shape_vars(tensors)
+    by_var, by_name = {}, {}
+    for key, value in bindings.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ArgumentTypeError(f"{fn}() bindings[{key!r}] must be an int, got {describe(value)}.")
+        if value < 0:
+            raise DifferentiationError(f"{fn}() bindings[{key!r}] is {value}; a dimension is at least 0.")
+        if isinstance(key, str):
+            known, target = any(v.name == key for v in dims), by_name
+        elif isinstance(key, Var):
+            known, target = any(v.same_as(key) for v in dims), by_var
+        else:
+            raise ArgumentTypeError(f"{fn}() bindings keys must be te.var's or their names, got {describe(key)}.")
+        if not known:
+            raise DifferentiationError(f"{fn}() bindings: {key!r} is not a symbolic dimension of these tensors "
+                                       f"(theirs: {_names(dims) or 'none'}).")
+        target[key] = int(value)
+    return _Bindings(by_var, by_name)
 
 
 def _evaluate(expr, cols, bindings):
@@ -255,8 +390,29 @@ _EVAL = {
 }
 
 
-def _size(shape, bindings) -> int:
-    size = 1
-    for dim in shape:
-        size *= _evaluate(dim, {}, bindings)
-    return size
+def _materialized(tensors) -> list:
+    """Every non-placeholder tensor of the graph."""
+    return [t for op in ops_post_order(tensors) if not isinstance(op, te.PlaceholderOp) for t in outputs_of(op)]
+
+
+def _size(t):
+    """The number of elements of t, as an expression."""
+    return _product(list(t.shape))
+
+
+def _folded(exprs, fold, start: int):
+    """fold over exprs, simplified: the constants folded as Python ints first (TVM folds int32
+    constants with wrap-around), in int64 when that constant or an operand needs it."""
+    const = reduce(fold, (int(e.value) for e in exprs if isinstance(e, tirx.IntImm)), start)
+    rest = [e for e in exprs if not isinstance(e, tirx.IntImm)]
+    wide = abs(const) >= 1 << 31 or any(str(e.ty.dtype) == "int64" for e in rest)
+    dtype = "int64" if wide else "int32"
+    return simplify(reduce(fold, [cast(e, dtype) for e in rest], tirx.const(const, dtype)))
+
+
+def _product(exprs):
+    return _folded(exprs, operator.mul, 1)
+
+
+def _sum(exprs):
+    return _folded(exprs, operator.add, 0)
