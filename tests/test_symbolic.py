@@ -25,12 +25,6 @@ from tvm_autodiff.ir.graph import placeholders
 
 TOLERANCE = 0.10      # |symbolic work / static work - 1|, at most
 
-# `Compiled` checks an input's dimensions with int(), which a dimension such as n + 3 or 2n + 4 (of
-# the input or of the head) is not: build-time argument checks in tvm_autodiff/compile.py.
-_COMPOUND = "ad.build's call raises TypeError on an input dimension that is an expression of a te.var"
-VALUES_XFAIL = {"index-i+j": _COMPOUND, "index-2i+j": _COMPOUND, "concatenate": _COMPOUND}
-
-
 def _tols(dtype: str) -> dict:
     """Both gradients compute the same sums, possibly in another order."""
     return {"rtol": 1e-9, "atol": 1e-12} if dtype == "float64" else {"rtol": 2e-5, "atol": 1e-6}
@@ -65,12 +59,7 @@ def test_symbolic_work(cid):
     assert ad.explain(v.opt_d).startswith(f"symbolic dimensions {dim} are unbound")
 
 
-def _values_params():
-    return [pytest.param(c, marks=pytest.mark.xfail(reason=VALUES_XFAIL[c], strict=True, raises=TypeError))
-            if c in VALUES_XFAIL else c for c in SYMBOLIC_IDS]
-
-
-@pytest.mark.parametrize("cid", _values_params())
+@pytest.mark.parametrize("cid", SYMBOLIC_IDS)
 def test_symbolic_values(cid):
     v = variant(cid)
     params_s, params_d = placeholders([v.static.out]), placeholders([v.dynamic.out])
@@ -115,3 +104,45 @@ def test_symbolic_dense_scheduled_at_several_batches(symbolic_dense, batch):
     static = ad.work(_dense(batch)[1])
     assert ad.work(grads, bindings={"b": batch}) == static
     assert static.per_op[grads[0].op.name] == 32 * 64 * batch     # dW: one sum over the batch
+
+
+def test_dimension_expressions_bind_from_arrays():
+    """An input whose dimension is n + 3 binds n (= 4 for 7 elements), which the kernel takes as a
+    hidden parameter; the output of length 2n is sized from it.  Values and the gradient (for the
+    head h[i] = i + 1: dX[j] = 2 (h[2j - 6] + h[2j - 5]) for j >= 3, else 0) against numpy, with
+    the default schedule."""
+    n = te.var("n")
+    X = te.placeholder((n + 3,), name="X")
+    Y = te.compute((2 * n,), lambda i: X[i // 2 + 3] * 2.0, name="Y")
+    head = te.compute(Y.shape, lambda i: (i + 1).astype("float32"), name="h")
+    (dX,) = ad.differentiate(Y, [X], head=head)
+    fn = ad.build([Y, dX], [X])
+    x = np.arange(7, dtype="float32")
+    y, dx = fn(x)
+    np.testing.assert_array_equal(y, 2 * np.repeat(x[3:], 2))
+    h = np.arange(1, 9, dtype="float32")
+    np.testing.assert_array_equal(dx, np.concatenate([np.zeros(3), 2 * (h[0::2] + h[1::2])]))
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((4,), (4,)), r"input 'Z': its dimension n \+ 1 is 5 with n = 4, but the array has shape \(4,\)"),
+    (((4,), (3,)), r"input 'Z': its dimension n \+ 1 is 5 with n = 4"),
+])
+def test_dimension_expressions_that_disagree_are_refused(shapes, message):
+    n = te.var("n")
+    X, Z = te.placeholder((n,), name="X"), te.placeholder((n + 1,), name="Z")
+    Y = te.compute((n,), lambda i: X[i] + Z[i + 1], name="Y")
+    fn = ad.build([Y], [X, Z], schedule=None)
+    with pytest.raises(ValueError, match=message):
+        fn(*(np.zeros(s, "float32") for s in shapes))
+
+
+def test_dimension_that_binds_nothing_is_refused():
+    """n·n does not determine n linearly: the error names the input and the way out."""
+    n = te.var("n")
+    X = te.placeholder((n * n,), name="X")
+    Y = te.compute((n * n,), lambda i: X[i] * 2.0, name="Y")
+    fn = ad.build([Y], [X], schedule=None)
+    with pytest.raises(ValueError, match=r"input 'X': its dimension n \* n cannot be bound .* "
+                                         r"pass an input that has the variable itself"):
+        fn(np.zeros(9, "float32"))

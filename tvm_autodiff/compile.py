@@ -3,7 +3,8 @@
 `build(outputs, inputs)` makes one PrimFunc over every output, so tensors that several outputs
 share (forward values that the gradient reads) are computed once.  Its parameters are the
 placeholders and the free scalar variables (te.var) of the graph; variables in placeholder shapes
-are bound from the arrays instead.  Every argument is checked before anything is built.  The PrimFunc is scheduled
+are bound from the arrays instead (one that occurs only inside a dimension such as n + 3 is solved
+from the arrays and passed as a trailing hidden parameter, since TVM binds only plain ones).  Every argument is checked before anything is built.  The PrimFunc is scheduled
 (the rules of `tvm_autodiff.schedule`, or meta_schedule in `tuning.py`), its risky load indices
 are guarded (`tir.index_guard`), and it is compiled for CPU (llvm) or CUDA; compiled modules are
 cached per (PrimFunc structure, target, schedule) within the process.
@@ -24,7 +25,7 @@ from tvm import sym, te, tirx
 
 from . import schedule as _schedule
 from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
-from .ir.expr import is_float, substitute
+from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
 from .schedule import Choice, Scheduled, block_infos
@@ -45,6 +46,28 @@ def _scalar_value(v: tirx.Var, value):
     raise TypeError(f"scalar parameter {v.name!r} ({v.ty.dtype}) needs {need}, got {describe(value)}")
 
 
+def _evaluate(dim, env: dict):
+    """Dimension `dim` with the integer variables of `env` substituted, simplified."""
+    return sym.Analyzer().simplify(substitute(dim, {v: tirx.const(k, str(v.ty.dtype))
+                                                    for v, k in env.items() if isinstance(k, int)}))
+
+
+def _dimension_value(dim, n: int, env: dict):
+    """The value of dimension `dim` (an expression of te.vars) under `env`, after binding its one
+    unbound variable v to n's solution when dim = a·v + b (v = (n - b) // a); None while it has
+    several unbound variables, or one it is not linear in (the caller retries once other
+    dimensions have bound more)."""
+    dim = _evaluate(dim, env)
+    unbound = free_vars(dim)
+    if len(unbound) == 1:
+        (v,) = unbound
+        coefficients = [int(c) for c in sym.detect_linear_equation(dim, [v])]
+        if coefficients and coefficients[0] != 0:
+            env[v] = (n - coefficients[1]) // coefficients[0]
+            dim = _evaluate(dim, env)
+    return dim.value if isinstance(dim, tirx.IntImm) else None
+
+
 class Compiled:
     """A compiled module: call it with numpy (or DLPack) arrays for `inputs` (a number for each
     scalar parameter), get numpy outputs.
@@ -60,6 +83,7 @@ class Compiled:
         self.executable, self.inputs, self.requested = executable, inputs, outputs
         given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
+        self.dimensions = _unbound_dimensions(inputs, self.outputs)
         self.target, self.scheduled, self.single = target, scheduled, single
         self.func = scheduled.func
         self.is_cuda = target.kind.name == "cuda"
@@ -84,19 +108,46 @@ class Compiled:
             return next(m for m in self.executable.mod.imports if m.kind == "cuda").inspect_source()
         return self.executable.mod.inspect_source("ll")
 
-    def _bind(self, t: te.Tensor, a, env: dict) -> None:
-        """Check array `a` for input `t` and bind t's symbolic dimensions in `env`."""
-        if str(a.dtype) != str(t.dtype) or len(a.shape) != len(t.shape):
-            raise ValueError(f"input {t.name!r} must be {t.dtype} with {len(t.shape)} dims, "
-                             f"got {a.dtype} with shape {tuple(a.shape)}")
-        for dim, n in zip(t.shape, a.shape):
-            if isinstance(dim, tirx.Var):
-                if env.setdefault(dim, n) != n:
-                    raise ValueError(f"input {t.name!r}: dimension {dim.name} is bound to "
-                                     f"{env[dim]} but this array has {n}")
-            elif int(dim) != n:
-                raise ValueError(f"input {t.name!r} must have shape {[str(d) for d in t.shape]}, "
-                                 f"got {tuple(a.shape)}")
+    @staticmethod
+    def _check_arrays(pairs) -> dict:
+        """Check each (input tensor, array) pair's dtype and rank, and bind the symbolic dimensions
+        of the inputs from the arrays' shapes: {te.var: int}.  A dimension that is a variable binds
+        it; one that is an expression (n + 3, 2n + 4) is solved for its one unbound variable when it
+        is linear in it, and is otherwise checked once the others have bound its variables."""
+        env, pending = {}, []
+        for t, a in pairs:
+            if str(a.dtype) != str(t.dtype) or len(a.shape) != len(t.shape):
+                raise ValueError(f"input {t.name!r} must be {t.dtype} with {len(t.shape)} dims, "
+                                 f"got {a.dtype} with shape {tuple(a.shape)}")
+            for dim, n in zip(t.shape, a.shape):
+                if isinstance(dim, tirx.Var):
+                    if env.setdefault(dim, n) != n:
+                        raise ValueError(f"input {t.name!r}: dimension {dim.name} is bound to "
+                                         f"{env[dim]} but this array has {n}")
+                elif isinstance(dim, tirx.IntImm):
+                    if dim.value != n:
+                        raise ValueError(f"input {t.name!r} must have shape "
+                                         f"{[str(d) for d in t.shape]}, got {tuple(a.shape)}")
+                else:
+                    pending.append((t, dim, n, a.shape))
+        while pending:
+            unsolved = []
+            for t, dim, n, shape in pending:
+                got = _dimension_value(dim, n, env)
+                if got is None:
+                    unsolved.append((t, dim, n, shape))
+                elif got != n:
+                    bound = ", ".join(f"{v.name} = {k}" for v, k in env.items() if v in free_vars(dim))
+                    raise ValueError(f"input {t.name!r}: its dimension {dim} is {got} with {bound}, "
+                                     f"but the array has shape {tuple(shape)}")
+            if len(unsolved) == len(pending):
+                t, dim, _, shape = unsolved[0]
+                raise ValueError(f"input {t.name!r}: its dimension {dim} cannot be bound from its "
+                                 f"shape {tuple(shape)}, as it is not linear in one unbound "
+                                 f"variable; pass an input that has the variable itself as a "
+                                 f"dimension, or make it a scalar input")
+            pending = unsolved
+        return env
 
     def _check_device(self):
         if self.is_cuda and not tvm.cuda(0).exist:
@@ -111,22 +162,28 @@ class Compiled:
         if len(arrays) != len(self.inputs):
             raise ValueError(f"expected {len(self.inputs)} arrays for inputs "
                              f"{[t.name for t in self.inputs]}, got {len(arrays)}")
-        env, args, dev = {}, [], self.device
+        arrays = [a if isinstance(t, tirx.Var) else
+                  np.asarray(a) if not hasattr(a, "__dlpack__") or isinstance(a, np.ndarray)
+                  else np.from_dlpack(a) for t, a in zip(self.inputs, arrays)]
+        env = self._check_arrays([(t, a) for t, a in zip(self.inputs, arrays)
+                                  if isinstance(t, te.Tensor)])
+        args, dev = [], self.device
         for t, a in zip(self.inputs, arrays):
             if isinstance(t, tirx.Var):     # an integer one may size an output
-                env[t] = _scalar_value(t, a)
-                args.append(env[t])
-                continue
-            a = np.asarray(a) if not hasattr(a, "__dlpack__") or isinstance(a, np.ndarray) \
-                else np.from_dlpack(a)
-            self._bind(t, a, env)
-            args.append(tvm.runtime.tensor(np.array(a, order="C", copy=None), dev))  # keeps 0-d arrays 0-d
-        ana = sym.Analyzer()
+                value = _scalar_value(t, a)
+                if env.setdefault(t, value) != value:
+                    raise ValueError(f"scalar parameter {t.name!r} is {value}, but the arrays' "
+                                     f"shapes bind it to {env[t]}")
+                args.append(value)
+            else:
+                args.append(tvm.runtime.tensor(np.array(a, order="C", copy=None), dev))  # keeps 0-d arrays 0-d
         for t in self.outputs:
-            shape = [int(ana.simplify(substitute(d, {v: tirx.const(n, str(v.ty.dtype))
-                                                     for v, n in env.items()}))) for d in t.shape]
-            args.append(tvm.runtime.empty(shape, str(t.dtype), dev))
-        return args
+            shape = [_evaluate(d, env) for d in t.shape]
+            if not all(isinstance(d, tirx.IntImm) for d in shape):
+                raise ValueError(f"output {t.name!r} has shape {shape}, which the inputs' shapes do "
+                                 f"not bind; pass its variables as scalar inputs")
+            args.append(tvm.runtime.empty([d.value for d in shape], str(t.dtype), dev))
+        return args + [env[v] for v in self.dimensions]
 
     def __call__(self, *arrays):
         args = self.prepare(*arrays)
@@ -340,6 +397,17 @@ def _dimension_vars(tensors) -> set:
     return {v for t in tensors for d in t.shape for v in tvm.tirx.analysis.undefined_vars(d)}
 
 
+def _unbound_dimensions(inputs: list, outputs: list) -> list:
+    """The variables of the parameters' shapes that TVM cannot bind from the arrays, since they
+    occur only inside expressions (X of shape (n + 3,)): the kernel takes them as trailing scalar
+    parameters, after the outputs, which `Compiled.prepare` solves from the arrays' shapes."""
+    tensors = [t for t in inputs if isinstance(t, te.Tensor)] + list(outputs)
+    plain = {d for t in tensors for d in t.shape if isinstance(d, tirx.Var)}
+    given = {x for x in inputs if isinstance(x, tirx.Var)}
+    return sorted((v for v in _dimension_vars(tensors) if v not in plain and v not in given),
+                  key=lambda v: v.name)
+
+
 def _check_input(x, n: int, dims: set) -> None:
     """inputs[n] is a placeholder or a scalar variable that is not one of the dimensions `dims`."""
     if isinstance(x, tirx.Var):
@@ -410,7 +478,7 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
     lowered, _ = fold_where_init(outputs)
     given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]
-    func = te.create_prim_func(inputs + computed)
+    func = te.create_prim_func(inputs + computed + _unbound_dimensions(inputs, computed))
     # A PrimFunc holds no te.Tensor, so it hashes and compares structurally.
     key = (tvm_ffi.StructuralKey(func), str(target), schedule)
     if key not in _CACHE:
