@@ -4,10 +4,11 @@
 share (forward values that the gradient reads) are computed once.  Its parameters are the
 placeholders and the free scalar variables (te.var) of the graph; variables in placeholder shapes
 are bound from the arrays instead (one that occurs only inside a dimension such as n + 3 is solved
-from the arrays and passed as a trailing hidden parameter, since TVM binds only plain ones).  Every argument is checked before anything is built.  The PrimFunc is scheduled
-(the rules of `tvm_autodiff.schedule`, or meta_schedule in `tuning.py`), its risky load indices
-are guarded (`tir.index_guard`), and it is compiled for CPU (llvm) or CUDA; compiled modules are
-cached per (PrimFunc structure, target, schedule) within the process.
+from the arrays and passed as a trailing hidden parameter, since TVM binds only plain ones).
+Every argument is checked before anything is built.  The PrimFunc is scheduled (the rules of
+`tvm_autodiff.schedule`, or meta_schedule in `tuning.py`), its risky load indices are guarded
+(`tir.index_guard`), and it is compiled for CPU (llvm) or CUDA; compiled modules are cached per
+(PrimFunc structure, target, schedule) within the process.
 """
 from __future__ import annotations
 
