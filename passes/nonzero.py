@@ -5,6 +5,8 @@
 Rules (c_x, v_x being the nonzeroness of x):
 
     select(q, a, 0)        -> (q ∧ c_a, v_a)          select(q, 0, b) -> (¬q ∧ c_b, v_b)
+    select(q, a, b)        -> ((q ∧ c_a) ∨ (¬q ∧ c_b), select(q, a, b))
+    select(q, a, b), q comparing floats -> (c_a ∨ c_b, select(q, a, b))   (¬q is not NaN-safe)
     a · b                  -> (c_a ∧ c_b, v_a · v_b)  a / b           -> (c_a, v_a / b)
     a ± b                  -> (c_a, v_a ± v_b)  if c_a ≡ c_b,  else (c_a ∨ c_b, a ± b)
     cast(a)                -> (c_a, cast(v_a))        0               -> (false, 0)
@@ -24,7 +26,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir import Call
 
-from tvm_autodiff.ir.expr import FALSE, TRUE, is_const
+from tvm_autodiff.ir.expr import FALSE, TRUE, is_const, is_float
 
 MAX_TERMS = 64  # beyond this, distributing products over sums costs more than it saves
 
@@ -73,11 +75,27 @@ def _select_parts(e):
     return None
 
 
+_COMPARISONS = (tirx.LT, tirx.LE, tirx.GT, tirx.GE, tirx.EQ, tirx.NE)
+
+
+def compares_floats(q) -> bool:
+    """Whether condition q compares floats.  Its negation is then not a condition to lift: TVM's
+    simplifier rewrites ¬(x > 0) as x <= 0, which is false at NaN where ¬(x > 0) is true
+    (docs/tvm-0.27.md), so a lifted ¬q would drop the NaN lanes that select(q, a, b) sends to b."""
+    hit = tvm_ffi.structural_walk(q, lambda x: tvm_ffi.VisitInterrupt(x)
+                                  if isinstance(x, _COMPARISONS) and is_float(x.a) else None)
+    return hit is not None
+
+
 def _select(e) -> Nonzero:
     q, a, b = _select_parts(e)
     na, nb = nonzero(a), nonzero(b)
     if is_const(nb.cond, False):
         return Nonzero(and_(q, na.cond), na.value)
+    if compares_floats(q):
+        cond = na.cond if same(na.cond, nb.cond) else nb.cond if is_const(na.cond, False) \
+            else or_(na.cond, nb.cond)
+        return Nonzero(cond, e)
     if is_const(na.cond, False):
         return Nonzero(and_(not_(q), nb.cond), nb.value)
     return Nonzero(or_(and_(q, na.cond), and_(not_(q), nb.cond)), e)

@@ -11,7 +11,7 @@ do and the docstring says so:
 - max/min reductions: with output axes the first extremal index (torch.max(dim), max_pool; but
   torch.amax(dim) would spread: kept), to a 0-d tensor shared evenly (x.max());
 - TVM computes max(a, b) as a > b ? a : b, so NaN does not propagate as in PyTorch; gradients
-  follow the forward's choice, except where zero elimination loses NaN (strict xfails below).
+  follow the forward's choice, with and without zero elimination.
 """
 from __future__ import annotations
 
@@ -296,14 +296,9 @@ def test_nan_full_reduction_shares_among_the_nans(optimize):
     np.testing.assert_array_equal(dx, [[0, 2.0, 0], [0, 0, 2.0]])
 
 
-# Zero elimination (passes/nonzero.py) splits select(c, u, v) into [c]·u + [not c]·v, and TVM's
-# simplifier rewrites not(c) of a float comparison as the flipped comparison, which is false at NaN
-# (test_tvm_float_comparisons_with_nan_are_all_false): at NaN both monomials vanish.
-_NAN_SPLIT = ("passes/nonzero.py _select: the monomial [not c]·v of select(c, u, v) is false at NaN "
-              "once TVM simplifies not(x > 0) to x <= 0, so the optimized gradient is 0 there")
-
-
-@pytest.mark.parametrize("optimize", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=_NAN_SPLIT))])
+# Zero elimination (passes/nonzero.py) must not lift the negation of a float comparison: TVM's
+# simplifier turns not(x > 0) into x <= 0, false at NaN (test_tvm_float_comparisons_with_nan_are_all_false).
+@pytest.mark.parametrize("optimize", [False, True])
 def test_nan_leaky_relu_gradient_is_alpha(optimize):
     """leaky_relu = select(x > 0, x, αx): at NaN the forward takes αx, PyTorch's gradient is α."""
     X = ph((2,), "X")
@@ -311,7 +306,7 @@ def test_nan_leaky_relu_gradient_is_alpha(optimize):
     np.testing.assert_array_equal(dx, [0.25, 0.25])
 
 
-@pytest.mark.parametrize("optimize", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=_NAN_SPLIT))])
+@pytest.mark.parametrize("optimize", [False, True])
 def test_nan_elementwise_max_gradient_goes_to_the_returned_operand(optimize):
     """max(a, b) returns b when a or b is NaN, and its gradient goes to b."""
     a, b = np.array([NAN, 2.0]), np.array([1.0, NAN])
