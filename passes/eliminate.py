@@ -63,23 +63,45 @@ def _sparse_body(t: te.Tensor, memo: dict):
     reads (no other calls) whose every nonzero case has an index equality, a Kronecker delta such
     as select(k == i, V[l, j], 0), which the adjoints of a gradient (Hessians) carry through whole
     chains of elementwise tensors.  Inlined into a reduction, the conditions reach the solver; the
-    bodies are cheap to recompute where they are nonzero, and the full tensors are not built."""
-    op = t.op
-    if op in memo:
-        return memo[op]
-    memo[op] = None
-    if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or isinstance(op.body[0], tirx.Reduce):
-        return None
-    if not loads_only(op.body[0]):
-        return None
+    bodies are cheap to recompute where they are nonzero, and the full tensors are not built.
+
+    Whether t is sparse depends on its reads being sparse, so the elementwise tensors above t are
+    decided first, producers before consumers, with an explicit stack: a chain of hundreds of
+    them (the adjoints of a sum of many terms) would exceed Python's recursion limit.  `memo`
+    ({op: body or None}) holds every decision; shared between the reductions of one graph, each
+    tensor is decided once, not once per reduction that reads it."""
+    pending = [t.op]
+    while pending:
+        op = pending[-1]
+        if op in memo:
+            pending.pop()
+        elif not _elementwise_loads(op):
+            memo[op] = None
+            pending.pop()
+        else:
+            todo = [r.op for r in reads(op.body[0]) if r.op not in memo]
+            if todo:
+                pending += todo
+            else:
+                memo[pending.pop()] = _sparse_of(op, memo)
+    return memo[t.op]
+
+
+def _elementwise_loads(op) -> bool:
+    """Whether op is a single-output elementwise ComputeOp whose calls are all tensor reads."""
+    return (isinstance(op, te.ComputeOp) and op.num_outputs == 1 and not isinstance(op.body[0], tirx.Reduce)
+            and loads_only(op.body[0]))
+
+
+def _sparse_of(op, memo: dict):
+    """op's body with its sparse reads inlined if op is sparse (see `_sparse_body`), else None;
+    every tensor op reads is decided in `memo` already."""
     body = _inline_sparse(op.body[0], memo)
     cond = nonzero(body).cond
     reads_nothing = not reads(op.body[0])
     # Only equalities of indices: one on tensor data (argmax[i] == k) says nothing about sparsity.
     delta = all(any(_is_index_eq(a) and not reads(a) for a in atoms) for atoms in disjoint_dnf(cond))
-    if not is_const(cond, True) and (reads_nothing or delta):
-        memo[op] = body
-    return memo[op]
+    return body if not is_const(cond, True) and (reads_nothing or delta) else None
 
 
 def _inline_sparse(expr, memo: dict):
@@ -91,10 +113,11 @@ def _inline_sparse(expr, memo: dict):
     return tvm_ffi.structural_map(expr, (Call, visit))
 
 
-def inline_sparse(expr):
+def inline_sparse(expr, memo: dict | None = None):
     """expr with every read of a sparse elementwise tensor (see `_sparse_body`) replaced by the
-    tensor's body:  Σ_k T[f(i, k)] · v  ->  Σ_k select(c(f(i, k)), w(f(i, k)), 0) · v."""
-    return _inline_sparse(expr, {})
+    tensor's body:  Σ_k T[f(i, k)] · v  ->  Σ_k select(c(f(i, k)), w(f(i, k)), 0) · v.  `memo`
+    carries the decisions between calls on the same graph."""
+    return _inline_sparse(expr, {} if memo is None else memo)
 
 
 def split_terms(source) -> list[tuple[list, object]]:
@@ -289,12 +312,15 @@ def ceil_divisions(expr):
     return tvm_ffi.structural_map(expr, (tirx.Select, _ceil_division))
 
 
-def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) -> list | te.Tensor | None:
+def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True, *,
+                        memo: dict | None = None) -> list | te.Tensor | None:
     """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
     docstring), or None when op is no such reduction or has no zeros to eliminate.  With
     `scatter`, sums over data-dependent brackets become scatter-add extern ops; a reduction that
-    is one scatter comes back as that tensor, which replaces op (see `rebuild`)."""
-    _check_reduction_arguments(op, bodies, scatter)
+    is one scatter comes back as that tensor, which replaces op (see `rebuild`).  `memo`, a dict
+    shared by the calls on one graph (`eliminate_zeros` passes one), keeps `inline_sparse`'s
+    decisions, so that the elementwise tensors above many reductions are inspected once."""
+    _check_reduction_arguments(op, bodies, scatter, memo)
     if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
         return None
     r = bodies[0]
@@ -302,7 +328,7 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
         return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
     red = [(rv.var, rv.dom.min, ceil_divisions(rv.dom.extent)) for rv in r.axis]
-    split = split_terms(ceil_divisions(inline_sparse(r.source[0])))
+    split = split_terms(ceil_divisions(inline_sparse(r.source[0], memo)))
     if len(split) == 1 and not split[0][0]:
         return None  # no condition anywhere: already as cheap as it gets
     terms = [t for t in (reduce_term(atoms, value, outer, red, scatter) for atoms, value in split)
@@ -322,7 +348,7 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True) ->
     return [tirx.const(0, dtype) if total is None else total]
 
 
-def _check_reduction_arguments(op, bodies, scatter) -> None:
+def _check_reduction_arguments(op, bodies, scatter, memo) -> None:
     if not isinstance(op, Operation):
         raise ArgumentTypeError(f"eliminate_reduction() op must be a te operation (t.op), got {describe(op)}.")
     if not isinstance(bodies, (list, tuple, tvm_ffi.Array)) or len(bodies) != op.num_outputs \
@@ -330,6 +356,8 @@ def _check_reduction_arguments(op, bodies, scatter) -> None:
         raise ArgumentTypeError(f"eliminate_reduction() bodies must be a list of {op.num_outputs} expressions, "
                                 f"one per output of {op.name!r} (e.g. list(op.body)), got {describe(bodies)}.")
     check_bool("eliminate_reduction() scatter", scatter)
+    if memo is not None and not isinstance(memo, dict):
+        raise ArgumentTypeError(f"eliminate_reduction() memo must be None or a dict, got {describe(memo)}.")
 
 
 def eliminate_zeros(tensors, scatter: bool = True, ops=None):
@@ -341,6 +369,7 @@ def eliminate_zeros(tensors, scatter: bool = True, ops=None):
     items = tensor_list(tensors, "eliminate_zeros() tensors")
     check_bool("eliminate_zeros() scatter", scatter)
     only = None if ops is None else operation_set(ops, "eliminate_zeros() ops")
-    out, _ = rebuild(items, lambda op, bodies: eliminate_reduction(op, bodies, scatter)
+    memo: dict = {}
+    out, _ = rebuild(items, lambda op, bodies: eliminate_reduction(op, bodies, scatter, memo=memo)
                      if only is None or op in only else None)
     return out[0] if isinstance(tensors, te.Tensor) else out

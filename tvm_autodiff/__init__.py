@@ -12,7 +12,7 @@ from tvm import te
 
 from . import passes, schedule
 from .compile import Compiled, build, compile_ptx
-from .counting import Work, explain, work
+from .counting import ScheduledWork, Work, explain, scheduled_work, work
 from .errors import DifferentiationError
 from .frontend import Gradients, differentiate, gradient, hessian, jacobian, register_rule
 from .tir import guard_indices
@@ -20,6 +20,6 @@ from .tir import guard_indices
 tvm.differentiate = differentiate
 te.gradient = gradient
 
-__all__ = ["Compiled", "DifferentiationError", "Gradients", "Work", "build", "compile_ptx",
+__all__ = ["Compiled", "DifferentiationError", "Gradients", "ScheduledWork", "Work", "build", "compile_ptx",
            "differentiate", "explain", "gradient", "guard_indices", "hessian", "jacobian", "passes",
-           "register_rule", "schedule", "work"]
+           "register_rule", "schedule", "scheduled_work", "work"]

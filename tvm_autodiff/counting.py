@@ -6,6 +6,10 @@ outer block `C_l1` over the spatial loops holding a loop `for k in range(v_i + 1
 `C`; such loop nests are counted exactly by enumerating only the outer loop values that inner bounds
 depend on (vectorized with numpy).  Predicates (`where=`, `T.where`) never reduce a count: we count
 loop iterations, not predicate hits.
+
+`scheduled_work` counts the same way on the kernel that `build` scheduled, and also the arithmetic
+each loop body evaluates, so that a schedule that recomputes a value (inlining a producer into
+several loads) shows up; its docstring has the formula.
 """
 from __future__ import annotations
 
@@ -18,13 +22,15 @@ from functools import reduce
 import numpy as np
 import tvm_ffi
 from tvm import te, tirx
-from tvm.ir import Call, Var
+from tvm.ir import Call, Op, StringImm, Var
+from tvm.ir.expr import Expr
 from tvm.s_tir import SBlock, SBlockRealize
 
 from tvm_autodiff.ir.expr import cast, free_vars, simplify, substitute
 from tvm_autodiff.ir.graph import ops_post_order, outputs_of, placeholders, unique_tensors
 from tvm_autodiff.passes import eliminate_zeros
 from tvm_autodiff.passes.arguments import tensor_list
+from tvm_autodiff.tir.nodes import LOAD_TYPE
 
 from .compile import Compiled
 from .errors import ArgumentTypeError, DifferentiationError, describe
@@ -54,8 +60,9 @@ def work(tensors, bindings=None) -> Work:
     each one that a loop bound uses must be bound (`explain` shows the work of a graph with
     unbound ones as expressions in them)."""
     tensors = unique_tensors(tensor_list(tensors, "work() tensors"))
-    env = _bind(bindings, tensors, "work")
-    missing = env.unbound(_shape_vars(tensors))
+    dims = _shape_vars(tensors)
+    env = _bind(bindings, dims, "work")
+    missing = env.unbound(dims)
     if missing:
         raise DifferentiationError(f"work() counts iterations, which depend on the symbolic dimensions "
                                    f"{_names(missing)}; pass bindings={_template(missing)}.")
@@ -67,16 +74,104 @@ def _count(tensors, env: "_Bindings") -> Work:
     per_op: dict[str, int] = {}
     if computed:
         func = te.create_prim_func(placeholders(tensors) + computed)
-        for name, loops in _leaves(func.body):
+        for name, loops, _ in _leaves(func.body):
             per_op[name] = per_op.get(name, 0) + count_loops(loops, env)
     elements = sum(math.prod(_evaluate(d, {}, env) for d in t.shape) for t in _materialized(tensors))
     return Work(sum(per_op.values()), elements, per_op)
 
 
+@dataclass(frozen=True)
+class ScheduledWork:
+    """`iterations`: executions of innermost loop or block bodies of a kernel as scheduled (as
+    `Work.iterations`, but over the scheduled loops); `ops`: the arithmetic those bodies evaluate
+    (see `scheduled_work`); `per_block`: block name -> (iterations, ops)."""
+    iterations: int
+    ops: int
+    per_block: dict = field(default_factory=dict)
+
+
+def scheduled_work(kernel, bindings=None) -> ScheduledWork:
+    """Count the work of a kernel as it runs: `kernel` is a `Compiled` (what `build` returns; its
+    scheduled PrimFunc is counted) or a PrimFunc (`te.create_prim_func` gives the unscheduled one).
+
+    `work` counts before scheduling, so it cannot see a schedule that recomputes: inlining a
+    producer into a consumer that reads it k times per element removes the producer's loops but
+    evaluates its expression k times.  Here, for each leaf L (an innermost loop or block body;
+    a block's init is not counted, as in `work`, but an init that the schedule split off into a
+    block of its own, `C_init`, is a leaf like any other) with loops l_1..l_d:
+
+        iterations = sum over L of  prod_i trips(l_i)       (count_loops: exact for loops whose
+                                                             bounds depend on outer loops)
+        ops        = sum over L of  prod_i trips(l_i) * ops(L)
+
+    where trips(l) = ceil(extent / step) and ops(L) is the number of expression nodes that L's
+    stored values (and the conditions of its if-statements) evaluate: every node except loads,
+    variables and constants, and not counting the index arithmetic inside load and store
+    indices.  A select counts both branches.  Vectorized, unrolled and parallel loops count their
+    extents, and a split loop's predicated-off iterations count too (loop iterations, not
+    predicate hits).  Symbolic extents need `bindings` ({te.var or name: int}); without them the
+    count is refused with the names to bind."""
+    if not isinstance(kernel, (Compiled, tirx.PrimFunc)):
+        raise ArgumentTypeError(f"scheduled_work() kernel must be a Compiled (from build) or a "
+                                f"tirx.PrimFunc, got {describe(kernel)}.")
+    func = kernel.func if isinstance(kernel, Compiled) else kernel
+    leaves = list(_leaves(func.body))
+    symbolic = _bound_vars(leaves)
+    env = _bind(bindings, _shape_vars(kernel.outputs) if isinstance(kernel, Compiled) else symbolic,
+                "scheduled_work")
+    missing = env.unbound(symbolic)
+    if missing:
+        raise DifferentiationError(f"scheduled_work() counts iterations, which depend on the symbolic "
+                                   f"dimensions {_names(missing)}; pass bindings={_template(missing)}.")
+    per_block: dict[str, tuple] = {}
+    for name, loops, stmt in leaves:
+        n = count_loops(loops, env)
+        its, ops = per_block.get(name, (0, 0))
+        per_block[name] = (its + n, ops + n * _leaf_ops(stmt))
+    return ScheduledWork(sum(i for i, _ in per_block.values()), sum(o for _, o in per_block.values()),
+                         per_block)
+
+
+def _bound_vars(leaves) -> list:
+    """The variables in the loop bounds of `leaves` other than loop variables (the kernel's
+    symbolic dimensions), by name."""
+    own = {loop[0] for _, loops, _ in leaves for loop in loops}
+    used = {v for _, loops, _ in leaves for loop in loops for e in loop[1:] if e is not None
+            for v in free_vars(e)}
+    return sorted(used - own, key=lambda v: v.name)
+
+
+# Expression nodes that evaluate nothing: what `_leaf_ops` does not count.
+_FREE = (LOAD_TYPE, Var, tirx.IntImm, tirx.FloatImm, StringImm, Op)
+
+
+def _leaf_ops(stmt) -> int:
+    """ops(L) of `scheduled_work`: the expression nodes in the values that `stmt` stores or
+    evaluates and in its if-conditions, other than loads, variables and constants; load indices
+    (address arithmetic) are not entered."""
+    roots = []
+    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, lambda st: roots.append(st.value)),
+                                   (tirx.Evaluate, lambda st: roots.append(st.value)),
+                                   (tirx.IfThenElse, lambda st: roots.append(st.condition))])
+    count = 0
+
+    def visit(e):
+        nonlocal count
+        if isinstance(e, LOAD_TYPE):
+            return tvm_ffi.WalkResult.SKIP
+        if isinstance(e, Expr) and not isinstance(e, _FREE):
+            count += 1
+        return None
+
+    for root in roots:
+        tvm_ffi.structural_walk(root, visit, order="pre")
+    return count
+
+
 def op_iterations(op, bindings=None) -> int:
     """Iterations of one ComputeOp read off its TE axes: create_prim_func emits one block per output
     of an elementwise op, and one block storing every output of a reduction."""
-    return _count_op(op, _bind(bindings, outputs_of(op), "op_iterations"))
+    return _count_op(op, _bind(bindings, _shape_vars(outputs_of(op)), "op_iterations"))
 
 
 def _loops(op) -> list:
@@ -122,8 +217,9 @@ def explain(tensors, file=None, bindings=None) -> str:
 
 
 def _explain_graph(tensors: list, bindings) -> str:
-    env = _bind(bindings, tensors, "explain")
-    unbound = env.unbound(_shape_vars(tensors))
+    dims = _shape_vars(tensors)
+    env = _bind(bindings, dims, "explain")
+    unbound = env.unbound(dims)
     lines = []
     if unbound:
         lines.append(f"symbolic dimensions {_names(unbound)} are unbound: the work is shown in terms of "
@@ -218,14 +314,15 @@ def _template(vars) -> str:
 # The TIR walk: every leaf (a loop or block body without loops or blocks inside) with its loops.
 
 def _leaves(stmt, loops=(), subst=None, block="root"):
-    """Yield (block name, [(var, min, extent, step)]) for each leaf under `stmt`.  Inside a nested
-    block, loop bounds refer to the block's iter vars (`range(v_i + 1)`); `subst` maps those to their
-    bindings, so that every bound is written over loop vars and shape vars only."""
+    """Yield (block name, [(var, min, extent, step)], leaf statement) for each leaf under `stmt`.
+    Inside a nested block, loop bounds refer to the block's iter vars (`range(v_i + 1)`); `subst`
+    maps those to their bindings, so that every bound is written over loop vars and shape vars
+    only."""
     subst = subst or {}
     if isinstance(stmt, SBlock):  # the init statement is not counted, only the body
         yield from _leaves(stmt.body, loops, subst, stmt.name_hint)
     elif not _has_loops(stmt):  # one leaf, however many statements (a multi-output reduce stores several)
-        yield block, loops
+        yield block, loops, stmt
     elif isinstance(stmt, tirx.SeqStmt):
         for s in stmt.seq:
             yield from _leaves(s, loops, subst, block)
@@ -321,14 +418,13 @@ class _Bindings:
         raise DifferentiationError(f"work: symbolic variable {var.name!r} is unbound; pass bindings={{{var.name!r}: <int>}}")
 
 
-def _bind(bindings, tensors, fn: str) -> _Bindings:
-    """`bindings` checked against the graph of `tensors`: a dict whose keys are its symbolic
-    dimensions (te.var objects or their names) and whose values are ints >= 0."""
+def _bind(bindings, dims: list, fn: str) -> _Bindings:
+    """`bindings` checked against the symbolic dimensions `dims` of a graph or kernel: a dict
+    whose keys are some of them (te.var objects or their names) and whose values are ints >= 0."""
     if bindings is None:
         return _Bindings({}, {})
     if not isinstance(bindings, Mapping):
         raise ArgumentTypeError(f"{fn}() bindings must be a dict {{name or te.var: int}}, got {describe(bindings)}.")
-    dims = _shape_vars(tensors)
     by_var, by_name = {}, {}
     for key, value in bindings.items():
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

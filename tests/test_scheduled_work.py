@@ -1,0 +1,244 @@
+"""Scheduled work: what the kernel runs after scheduling (`ad.scheduled_work`), not only what the
+graph asks for before it (`ad.work`).  A schedule that inlines a producer into a consumer reading
+it several times recomputes it; `work` cannot see that, the scheduled count can.
+
+- exact counts on small kernels, against formulas written out here;
+- an LSTM cell unrolled T = 1, 2, 4, 8 steps, loss and gradients with respect to the weights:
+  the default schedule's work stays within 1.5x of the unscheduled work, and grows linearly in T
+  (no step's values are recomputed in a later step), with the gradients checked against
+  finite differences of a numpy forward;
+- a wide graph, one tensor with 25 to 200 consumers summed into one loss: its gradient builds
+  with the default schedule in a worker process under the memory limit of tests/test_robustness.py
+  and a time limit, its scheduled TIR grows linearly in the width, and the gradient matches numpy.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tvm import s_tir, te, topi
+
+import tvm_autodiff as ad
+from tvm_autodiff.schedule.analysis import block_infos
+from test_robustness import WORKER_ENV, _died, _limit_memory
+
+# -- exact counts -----------------------------------------------------------------------------------
+
+
+def test_elementwise_chain_inlined_keeps_its_ops():
+    """B = 2A, C = B + 1 on (4, 16): unscheduled, two loop nests of 64 iterations with one op
+    each; scheduled, B is inlined into C: one nest of 64 iterations doing both ops."""
+    A = te.placeholder((4, 16), "float32", name="A")
+    B = te.compute(A.shape, lambda i, j: A[i, j] * 2.0, name="B")
+    C = te.compute(A.shape, lambda i, j: B[i, j] + 1.0, name="C")
+    before = ad.scheduled_work(te.create_prim_func([A, C]))
+    assert (before.iterations, before.ops) == (2 * 64, 2 * 64)
+    assert before.per_block == {"B": (64, 64), "C": (64, 64)}
+    m = ad.build(C, [A])
+    assert m.rules["B"] == "inline"
+    after = ad.scheduled_work(m)
+    assert (after.iterations, after.ops) == (64, 2 * 64)
+    assert ad.work(C).iterations == before.iterations
+
+
+def test_recomputation_shows_in_ops():
+    """P = A·A + 1 (2 ops) read twice by Q = P·P (1 op): materialized, 64·(2 + 1) ops; inlined by
+    hand, Q evaluates P's expression at both loads, 64·(2·2 + 1).  The default schedule keeps P."""
+    A = te.placeholder((4, 16), "float32", name="A")
+    P = te.compute(A.shape, lambda i, j: A[i, j] * A[i, j] + 1.0, name="P")
+    Q = te.compute(A.shape, lambda i, j: P[i, j] * P[i, j], name="Q")
+    func = te.create_prim_func([A, Q])
+    assert ad.scheduled_work(func).ops == 64 * 3
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("P"))
+    inlined = ad.scheduled_work(sch.mod["main"])
+    assert (inlined.iterations, inlined.ops) == (64, 64 * 5)
+    m = ad.build(Q, [A])
+    assert m.rules["P"] != "inline"
+    assert ad.scheduled_work(m).ops == 64 * 3
+
+
+def test_triangular_reduction_and_separate_init():
+    """S[i] = Σ_{k <= i} x[k], n = 10: Σ_i (i + 1) = n(n + 1)/2 additions.  The default schedule
+    writes the init as its own block (n iterations, no op), which the unscheduled count (like
+    `work`) leaves out."""
+    n = 10
+    x = te.placeholder((n,), "float32", name="x")
+
+    def prefix(i):
+        k = te.reduce_axis((0, i + 1), name="k")
+        return te.sum(x[k], axis=k)
+
+    S = te.compute((n,), prefix, name="S")
+    before = ad.scheduled_work(te.create_prim_func([x, S]))
+    assert (before.iterations, before.ops) == (n * (n + 1) // 2, n * (n + 1) // 2)
+    assert ad.work(S).iterations == before.iterations
+    after = ad.scheduled_work(ad.build(S, [x]))
+    assert after.per_block["S_update"] == (n * (n + 1) // 2, n * (n + 1) // 2)
+    assert after.per_block["S_init"] == (n, 0)
+
+
+def test_symbolic_extents_need_bindings():
+    """z = 3y + 1 over a symbolic n: the count is refused with the binding to pass; with it, n
+    iterations of 2 ops."""
+    n = te.var("n")
+    y = te.placeholder((n,), "float32", name="y")
+    z = te.compute((n,), lambda i: y[i] * 3.0 + 1.0, name="z")
+    m = ad.build(z, [y], schedule=None)
+    with pytest.raises(ad.DifferentiationError, match=r"symbolic dimensions n; pass bindings=\{'n': <int>\}"):
+        ad.scheduled_work(m)
+    got = ad.scheduled_work(m, bindings={"n": 10})
+    assert (got.iterations, got.ops) == (10, 20)
+    assert ad.scheduled_work(m, bindings={n: 7}).ops == 14
+    with pytest.raises(TypeError, match=r"scheduled_work\(\) kernel must be a Compiled"):
+        ad.scheduled_work(z)
+
+
+# -- an unrolled recurrence ---------------------------------------------------------------------------
+
+BATCH, INPUT, HIDDEN = 4, 8, 8
+
+
+def lstm(steps: int, dtype: str = "float64"):
+    """An LSTM cell (topi dense, sigmoid and tanh gates, gate order i, f, o, g) unrolled `steps`
+    times from zero state; loss = Σ h_T².  Returns ([loss, dWx, dWh, db], [x_1..x_T, Wx, Wh, b])."""
+    xs = [te.placeholder((BATCH, INPUT), dtype, name=f"x{t}") for t in range(steps)]
+    wx = te.placeholder((4 * HIDDEN, INPUT), dtype, name="Wx")
+    wh = te.placeholder((4 * HIDDEN, HIDDEN), dtype, name="Wh")
+    b = te.placeholder((4 * HIDDEN,), dtype, name="b")
+    h = te.compute((BATCH, HIDDEN), lambda i, j: te.const(0, dtype), name="h0")
+    c = te.compute((BATCH, HIDDEN), lambda i, j: te.const(0, dtype), name="c0")
+
+    def gate(g, n):
+        return topi.strided_slice(g, [0, n * HIDDEN], [BATCH, (n + 1) * HIDDEN])
+
+    for x in xs:
+        g = topi.add(topi.nn.dense(x, wx, b), topi.nn.dense(h, wh))
+        c = topi.add(topi.multiply(topi.sigmoid(gate(g, 1)), c),
+                     topi.multiply(topi.sigmoid(gate(g, 0)), topi.tanh(gate(g, 3))))
+        h = topi.multiply(topi.sigmoid(gate(g, 2)), topi.tanh(c))
+    loss = topi.sum(topi.multiply(h, h))
+    return [loss, *ad.differentiate(loss, [wx, wh, b])], [*xs, wx, wh, b]
+
+
+def lstm_numpy(xs, wx, wh, b):
+    """The loss of `lstm` in numpy."""
+    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))   # noqa: E731
+    h = c = np.zeros((BATCH, HIDDEN))
+    for x in xs:
+        g = x @ wx.T + b + h @ wh.T
+        i, f, o, u = (g[:, n * HIDDEN:(n + 1) * HIDDEN] for n in range(4))
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(u)
+        h = sigmoid(o) * np.tanh(c)
+    return np.sum(h * h)
+
+
+def finite_differences(f, arrays: list, index: int, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of f(*arrays) with respect to arrays[index]."""
+    grad = np.zeros_like(arrays[index])
+    for pos in np.ndindex(grad.shape):
+        up, down = [a.copy() for a in arrays], [a.copy() for a in arrays]
+        up[index][pos] += eps
+        down[index][pos] -= eps
+        grad[pos] = (f(*up) - f(*down)) / (2 * eps)
+    return grad
+
+
+def unscheduled(outputs, inputs):
+    """The PrimFunc that `build` schedules (create_prim_func of the graph), for its counts."""
+    return te.create_prim_func(inputs + [t for t in outputs if t not in inputs])
+
+
+def test_unrolled_lstm_scheduled_work_is_linear_and_not_recomputed():
+    rng = np.random.default_rng(0)
+    counts = {}
+    for steps in (1, 2, 4, 8):
+        outputs, inputs = lstm(steps)
+        m = ad.build(outputs, inputs)
+        got = ad.scheduled_work(m)
+        before = ad.scheduled_work(unscheduled(outputs, inputs))
+        # Inlining removes loop nests but must not evaluate any value twice.
+        assert got.iterations <= 1.5 * ad.work(outputs).iterations, (steps, got, m.explain())
+        assert got.ops <= 1.5 * before.ops, (steps, got.ops, before.ops, m.explain())
+        counts[steps] = got
+        if steps == 2:
+            values = [0.5 * rng.standard_normal([int(d) for d in t.shape]) for t in inputs]
+            loss, *grads = m(*values)
+            np.testing.assert_allclose(loss, lstm_numpy(values[:steps], *values[steps:]), rtol=1e-12)
+            forward = lambda *a: lstm_numpy(a[:steps], *a[steps:])   # noqa: E731
+            for n, grad in enumerate(grads):
+                np.testing.assert_allclose(grad, finite_differences(forward, values, steps + n),
+                                           rtol=1e-6, atol=1e-8)
+    # Linear in T: each step adds the same work (a quadratic schedule would double the increment
+    # per doubling of T).
+    for field in ("iterations", "ops"):
+        per_step = {t: (getattr(counts[2 * t], field) - getattr(counts[t], field)) / t for t in (1, 2, 4)}
+        assert max(per_step.values()) <= 1.1 * min(per_step.values()), (field, per_step)
+
+
+# -- a wide graph -------------------------------------------------------------------------------------
+
+WIDTHS = (25, 50, 100, 200)
+WIDE_TIMEOUT = 300   # seconds for all widths in the worker; they take about 10 s together
+
+
+def wide(width: int):
+    """X (16, 16) with `width` consumers y_i = sin(c_i X) (i even) or exp(c_i X) (i odd),
+    c_i = 1 + i/100, summed by a chain of adds into loss = Σ Σ_i y_i; returns (X, loss, dX/dloss
+    as a function of x in numpy)."""
+    X = te.placeholder((16, 16), "float64", name="X")
+    scales = [1.0 + i / 100 for i in range(width)]
+    terms = [_term(X, i, c) for i, c in enumerate(scales)]
+    loss = topi.sum(functools.reduce(topi.add, terms))
+
+    def reference(x):
+        return sum(c * (np.cos(c * x) if i % 2 == 0 else np.exp(c * x)) for i, c in enumerate(scales))
+
+    return X, loss, reference
+
+
+def _term(X, i: int, c: float):
+    """y_i of `wide`: one consumer of X."""
+    f = te.sin if i % 2 == 0 else te.exp
+    return te.compute(X.shape, lambda a, b: f(X[a, b] * c), name=f"y{i}")
+
+
+def wide_measures() -> dict:
+    """Per width: the scheduled TIR's characters and blocks, its scheduled work and the
+    unscheduled work (ops); raises if the gradient differs from numpy."""
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 16))
+    out = {}
+    for width in WIDTHS:
+        X, loss, reference = wide(width)
+        grad = ad.differentiate(loss, [X])
+        m = ad.build(grad, [X])
+        np.testing.assert_allclose(m(x)[0], reference(x), rtol=1e-12)
+        out[width] = {"chars": len(m.func.script()), "blocks": len(block_infos(m.func)),
+                      "ops": ad.scheduled_work(m).ops,
+                      "unscheduled_ops": ad.scheduled_work(unscheduled(grad, [X])).ops}
+    return out
+
+
+def test_wide_graph_builds_linearly():
+    """The gradient of a tensor with 200 consumers once exceeded Python's recursion limit in zero
+    elimination (after time quadratic in the width); it must build, in a worker process under
+    a memory and time limit, to TIR linear in the width, without recomputation."""
+    proc = subprocess.run([sys.executable, __file__, "wide"], capture_output=True, text=True,
+                          timeout=WIDE_TIMEOUT, preexec_fn=_limit_memory, env={**os.environ, **WORKER_ENV})
+    assert proc.returncode == 0, _died(proc.returncode, proc.stderr)
+    measures = {int(w): m for w, m in json.loads(proc.stdout.splitlines()[-1]).items()}
+    for small, large in zip(WIDTHS, WIDTHS[1:]):
+        for key in ("chars", "blocks", "ops"):
+            assert measures[large][key] <= 2.2 * measures[small][key], (key, measures)
+    for width, m in measures.items():
+        assert m["ops"] <= 1.5 * m["unscheduled_ops"], (width, m)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["wide"]:
+        print(json.dumps(wide_measures()))
