@@ -8,7 +8,6 @@ from typing import Optional
 
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir import Call
 
 from ..tir.nodes import LOAD_TYPE, contains_block, has_expensive_call, loads, uses
 
@@ -20,16 +19,6 @@ def _has_negative_divisor(stmt) -> bool:
         return tvm_ffi.VisitInterrupt(True) if isinstance(e.b, tirx.IntImm) and e.b.value < 0 else None
 
     return tvm_ffi.structural_walk(stmt, [(tirx.FloorDiv, visit), (tirx.FloorMod, visit)]) is not None
-
-
-def _is_copy_like(stmt) -> bool:
-    """At most two loads and plain arithmetic: no select, no integer division (the gathers of a
-    pooling gradient), so recomputing it per read costs about what reading a copy would."""
-    stop = lambda _: tvm_ffi.VisitInterrupt(True)   # noqa: E731
-    branchy = tvm_ffi.structural_walk(stmt, [
-        (tirx.Select, stop), (tirx.FloorDiv, stop), (tirx.FloorMod, stop),
-        (Call, lambda c: stop(c) if c.op.name == "tirx.if_then_else" else None)])
-    return branchy is None and len(loads(stmt)) <= 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +41,6 @@ class BlockInfo:
     is_reduction: bool
     has_init: bool
     expensive: bool
-    copy_like: bool
     negative_div: bool
 
     @staticmethod
@@ -66,7 +54,7 @@ class BlockInfo:
             has_children=contains_block(block.body),
             is_reduction=any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars),
             has_init=block.init is not None, expensive=has_expensive_call(block.body),
-            copy_like=_is_copy_like(block.body), negative_div=_has_negative_divisor(realize))
+            negative_div=_has_negative_divisor(realize))
 
     @property
     def injective(self) -> bool:

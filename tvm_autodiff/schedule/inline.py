@@ -1,14 +1,16 @@
 """Inlining rules: injective blocks into their consumers, and injective output blocks into their
 one injective producer.
 
-Inlining removes a buffer and a loop nest; it is skipped where it would recompute real work: an
-expensive producer (exp, log, ...) read more than once per element, or a producer with selects or
-integer divisions (a zero-padded pooling adjoint feeding a window sum that reads each element K²
-times) read more than MAX_REREADS times per element.  It is also skipped for a producer that its
-consumers load more than once (unless its value is a single load or a constant): inlining copies
-the producer's expression into every load, so along a chain of such ops (`t = t·t/2 + t`, or the
-steps of a recurrence) the code would grow by that factor per op; materialized, the TIR stays
-linear in the size of the graph, and no value is computed twice.  TVM's own refusal
+Inlining removes a buffer and a loop nest; it is skipped wherever it would compute a value more
+than once, since the consumer evaluates the producer's expression at each of its loads, in each
+of its iterations (`tvm_autodiff.scheduled_work` counts this: tests/test_scheduled_work.py).  So a
+producer stays materialized when a consumer runs more iterations than the producer has elements
+(it reads elements more than once: a broadcast, a window, the divisor of an average pool's
+adjoint read under every window position), when its consumers load it more than once (along a
+chain of such ops, `t = t·t/2 + t`, or the steps of a recurrence, the code would also grow by
+that factor per op; materialized, the TIR stays linear in the size of the graph), and, when it
+calls an expensive function (exp, log, ...), whenever a volume is symbolic.  A producer whose value
+is a single load or a constant costs nothing to repeat and is inlined anyway.  TVM's own refusal
 (ScheduleError) leaves the block materialized, as an ordinary outcome.
 """
 from __future__ import annotations
@@ -19,9 +21,6 @@ from ..tir.nodes import LOAD_TYPE, loads, uses
 from .analysis import block_infos, store_loads
 from .rule import Decline, ScheduleRule, schedule_block
 
-# Reads per element beyond which a producer with selects or gathers stays a block of its own.
-MAX_REREADS = 4
-
 
 def _leaf_value(body) -> bool:
     """Whether a block's body stores a single load or a constant (inlining it anywhere costs no
@@ -30,7 +29,8 @@ def _leaf_value(body) -> bool:
 
 
 class ComputeInline(ScheduleRule):
-    """compute_inline of an injective, non-output block, unless a consumer would recompute it."""
+    """compute_inline of an injective, non-output block, unless a consumer would recompute it
+    (module docstring)."""
     name = "inline"
     atomic = True
 
@@ -45,16 +45,16 @@ class ComputeInline(ScheduleRule):
         if len(info.writes) != 1:
             return Decline("does not write exactly one buffer (an extern block)")
         pv = self.volumes[info.name]
+        leaf = _leaf_value(sch.get(sch.get_sblock(info.name)).body)
         for c in sch.get_consumers(sch.get_sblock(info.name)):
             cv = self.volumes.get(sch.get(c).name_hint)
-            if info.expensive and (cv is None or pv is None or cv > pv):
-                return Decline(f"expensive, and consumer {sch.get(c).name_hint} reads it more than "
-                               "once per element")
-            if not info.copy_like and cv is not None and pv is not None and cv > MAX_REREADS * pv:
-                return Decline(f"has selects or divisions, and consumer {sch.get(c).name_hint} reads "
-                               f"it more than {MAX_REREADS} times per element")
-        block = sch.get(sch.get_sblock(info.name))
-        if not _leaf_value(block.body):
+            if info.expensive and (cv is None or pv is None):
+                return Decline(f"expensive, and consumer {sch.get(c).name_hint} may read it more "
+                               "than once per element")
+            if not leaf and cv is not None and pv is not None and cv > pv:
+                return Decline(f"consumer {sch.get(c).name_hint} reads it {cv / pv:.3g} times per "
+                               "element: inlining would recompute it")
+        if not leaf:
             buffer = info.writes[0].source
             reads = sum(1 for c in sch.get_consumers(sch.get_sblock(info.name))
                         for l in loads(sch.get(c).body) if l.source.same_as(buffer))
