@@ -45,26 +45,28 @@ class ComputeInline(ScheduleRule):
         if len(info.writes) != 1:
             return Decline("does not write exactly one buffer (an extern block)")
         pv = self.volumes[info.name]
-        leaf = _leaf_value(sch.get(sch.get_sblock(info.name)).body)
-        for c in sch.get_consumers(sch.get_sblock(info.name)):
-            cv = self.volumes.get(sch.get(c).name_hint)
+        # One lookup: get_sblock searches the whole function by name.
+        rv = sch.get_sblock(info.name)
+        leaf = _leaf_value(sch.get(rv).body)
+        consumers = [sch.get(c) for c in sch.get_consumers(rv)]
+        for c in consumers:
+            cv = self.volumes.get(c.name_hint)
             if info.expensive and (cv is None or pv is None):
-                return Decline(f"expensive, and consumer {sch.get(c).name_hint} may read it more "
-                               "than once per element")
+                return Decline(f"expensive, and consumer {c.name_hint} may read it more than once "
+                               "per element")
             if not leaf and cv is not None and pv is not None and cv > pv:
-                return Decline(f"consumer {sch.get(c).name_hint} reads it {cv / pv:.3g} times per "
-                               "element: inlining would recompute it")
+                return Decline(f"consumer {c.name_hint} reads it {cv / pv:.3g} times per element: "
+                               "inlining would recompute it")
         if not leaf:
             buffer = info.writes[0].source
-            reads = sum(1 for c in sch.get_consumers(sch.get_sblock(info.name))
-                        for l in loads(sch.get(c).body) if l.source.same_as(buffer))
+            reads = sum(1 for c in consumers for l in loads(c.body) if l.source.same_as(buffer))
             if reads > 1:
                 return Decline(f"its consumers load it {reads} times: inlining would copy it into "
                                "each load")
-        return True
+        return rv
 
     def apply(self, sch, info, plan, config):
-        sch.compute_inline(sch.get_sblock(info.name))
+        sch.compute_inline(plan)     # the block's RV: the rule is atomic, so plan saw this schedule
 
 
 class ReverseInline(ScheduleRule):
