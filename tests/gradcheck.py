@@ -102,7 +102,8 @@ class Harness:
     the forward graph plus the head, in that order."""
 
     def __init__(self, output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None,
-                 manual=None, extra: Callable = None, head: bool = True, build_forward: bool = True):
+                 manual=None, extra: Callable = None, head: bool = True, build_forward: bool = True,
+                 kernels: str = "auto"):
         self.output, self.build_forward = output, build_forward
         self.params = placeholders([output])
         self.inputs = [t for t in self.params if is_float(t)] if inputs is None else list(inputs)
@@ -112,7 +113,7 @@ class Harness:
         outs = ([output] if build_forward else []) + [*self.res, *self.extra]
         args = self.params + ([self.head] if head else [])
         # The gradients may read only some placeholders; every one is an argument of the module.
-        self.fn = ad.build(outs, args)
+        self.fn = ad.build(outs, args, kernels=kernels)
 
     def run(self, values: Sequence[np.ndarray], head_value=None) -> tuple:
         """(forward, [gradients], [extras])."""
@@ -143,7 +144,7 @@ def check_grad(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None, 
                full: Optional[bool] = None, ndirs: int = 3, seed: int = 0,
                manual=None, reference: Optional[Callable] = None,
                sizes: Sequence[Mapping] = ({},), max_full: int = 64,
-               numpy_forward: Optional[Callable] = None) -> Harness:
+               numpy_forward: Optional[Callable] = None, kernels: str = "auto") -> Harness:
     """Check the gradients of L = Σ H·output with respect to `inputs` (default: every float
     placeholder) against central finite differences.
 
@@ -152,9 +153,9 @@ def check_grad(output: te.Tensor, inputs: Optional[Sequence[te.Tensor]] = None, 
     `reference(*numpy_inputs)`, if given, checks the forward values too.  `sizes` binds symbolic
     dims (one dict per check; the module is compiled once).  `numpy_forward(*numpy_inputs)`
     replaces the compiled forward in the finite differences, for outputs that TVM cannot compile
-    (float floordiv/floormod/fmod) but whose gradients it can.
+    (float floordiv/floormod/fmod) but whose gradients it can.  `kernels` is build()'s.
     """
-    h = Harness(output, inputs, manual=manual, build_forward=numpy_forward is None)
+    h = Harness(output, inputs, manual=manual, build_forward=numpy_forward is None, kernels=kernels)
     dtype = str(output.dtype)
     d_rtol, d_atol, d_eps = default_tols(dtype)
     rtol, atol, eps = rtol or d_rtol, atol or d_atol, eps or d_eps

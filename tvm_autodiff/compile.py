@@ -16,6 +16,7 @@ import difflib
 import numbers
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from typing import Optional
 
@@ -29,6 +30,8 @@ from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
 from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
+from .kernel_module import VMProgram, kernel_module, lower_kernels, replace_kernels
+from .kernels import partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
 from .tir import guard_indices
 
@@ -69,34 +72,71 @@ def _dimension_value(dim, n: int, env: dict):
     return dim.value if isinstance(dim, tirx.IntImm) else None
 
 
+class PrimFuncProgram:
+    """A compiled one-PrimFunc module: `program(*inputs, *outputs)` runs it."""
+
+    def __init__(self, executable):
+        self.executable = executable
+
+    def __call__(self, *args):
+        self.executable(*args)
+
+    def time(self, args, device, **timer) -> float:
+        return float(self.executable.mod.time_evaluator("main", device, **timer)(*args).median)
+
+    def source(self, cuda: bool) -> str:
+        mod = self.executable.mod
+        return next(m for m in mod.imports if m.kind == "cuda").inspect_source() if cuda \
+            else mod.inspect_source("ll")
+
+
 class Compiled:
     """A compiled module: call it with numpy (or DLPack) arrays for `inputs` (a number for each
     scalar parameter), get numpy outputs.
 
-    `executable` is the tvm.runtime.Executable; `func` the scheduled PrimFunc; `target` the
-    target it was compiled for; `source` the generated CUDA C (GPU targets) or LLVM IR;
-    `rules` the schedule rule chosen for each block ({block name: rule}), and `explain()` why.
+    `executable` runs it on prepared tensors (`prepare`); `kernels` maps each kernel's name to its
+    `Scheduled` PrimFunc ("main" for a one-PrimFunc build) and `calls` to the calls of it per run;
+    `func` is the scheduled PrimFunc of a one-PrimFunc build; `module` the Relax module of a
+    per-kernel build; `target` the target it was compiled for; `source` the generated CUDA C (GPU
+    targets) or LLVM IR; `rules` the schedule rule chosen for each block ({block name: rule}; in a
+    per-kernel build {"kernel/block": rule}), and `explain()` why.
     """
 
-    def __init__(self, executable, inputs, outputs, target, scheduled: Scheduled, single):
+    def __init__(self, program, inputs, outputs, target, kernels: dict, single, module=None,
+                 calls=None):
         # The kernel writes each distinct computed tensor once; outputs that repeat, or that are
         # inputs themselves (a head passed straight through), are filled in from those.
-        self.executable, self.inputs, self.requested = executable, inputs, outputs
+        self.executable, self.inputs, self.requested = program, inputs, outputs
         given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
         self.dimensions = _unbound_dimensions(inputs, self.outputs)
-        self.target, self.scheduled, self.single = target, scheduled, single
-        self.func = scheduled.func
+        self.target, self.kernels, self.single, self.module = target, kernels, single, module
+        self.calls = calls if calls is not None else Counter(kernels)
         self.is_cuda = target.kind.name == "cuda"
 
     @property
+    def func(self):
+        """The scheduled PrimFunc of a one-PrimFunc build."""
+        if self.module is not None:
+            raise AttributeError(f"this build has {len(self.kernels)} distinct kernels, not one "
+                                 f"PrimFunc: see .kernels ({{name: Scheduled}}) and .module; "
+                                 f"build(..., kernels='one') makes one PrimFunc")
+        return self.kernels["main"].func
+
+    @property
     def rules(self) -> dict:
-        """{block name: the schedule rule that scheduled it} (inlined blocks say "inline")."""
-        return self.scheduled.rules
+        """{block name: the schedule rule that scheduled it} (inlined blocks say "inline");
+        {"kernel/block": rule} for a per-kernel build."""
+        if self.module is None:
+            return self.kernels["main"].rules
+        return {f"{k}/{b}": r for k, s in self.kernels.items() for b, r in s.rules.items()}
 
     def explain(self) -> str:
         """The schedule rule of each block, and why each rule before it did not apply."""
-        return self.scheduled.report()
+        if self.module is None:
+            return self.kernels["main"].report()
+        return "\n".join(f"kernel {k} ({self.calls[k]} calls per run):\n{s.report()}"
+                         for k, s in self.kernels.items())
 
     @property
     def device(self):
@@ -105,9 +145,7 @@ class Compiled:
     @property
     def source(self) -> str:
         """The device code: CUDA C for CUDA targets, LLVM IR otherwise."""
-        if self.is_cuda:
-            return next(m for m in self.executable.mod.imports if m.kind == "cuda").inspect_source()
-        return self.executable.mod.inspect_source("ll")
+        return self.executable.source(self.is_cuda)
 
     @staticmethod
     def _check_arrays(pairs) -> dict:
@@ -196,13 +234,12 @@ class Compiled:
         return result[0] if self.single else result
 
     def time(self, *arrays, number: int = 10, repeat: int = 5, min_repeat_ms: int = 0) -> float:
-        """Median seconds of one kernel call, measured by TVM's time_evaluator on prepared
-        tensors (`repeat` samples of `number` calls each, after one warm-up call)."""
+        """Median seconds of one run, measured by TVM's time_evaluator on prepared tensors
+        (`repeat` samples of `number` runs each, after one warm-up run)."""
         args = self.prepare(*arrays)
-        timer = self.executable.mod.time_evaluator("main", self.device, number=number,
-                                                   repeat=repeat, min_repeat_ms=min_repeat_ms)
         self.executable(*args)
-        return float(timer(*args).median)
+        return self.executable.time(args, self.device, number=number, repeat=repeat,
+                                    min_repeat_ms=min_repeat_ms)
 
 
 _TARGET_FORMS = ('"llvm" (this CPU), "cuda", a dict such as {"kind": "llvm", "mcpu": "znver4"} '
@@ -320,13 +357,17 @@ def _reason(err: Exception) -> str:
     return (said or lines or [type(err).__name__])[-1][:300]
 
 
+def _guarded(scheduled: Scheduled) -> Scheduled:
+    return Scheduled(guard_indices(scheduled.func), scheduled.choices)
+
+
 def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
     """(executable, Scheduled) with the load indices that TVM 0.27 miscompiles guarded
     (`guard_indices`), falling back as `_fallbacks` says, with a warning, when compiling fails."""
     fallbacks = _fallbacks(func, target, schedule)
     while True:
         try:
-            guarded = Scheduled(guard_indices(scheduled.func), scheduled.choices)
+            guarded = _guarded(scheduled)
             return tvm.compile(guarded.func, target=target), guarded
         except (RuntimeError, ValueError) as err:
             if not fallbacks:
@@ -345,6 +386,8 @@ _KEYWORDS = {
                "a positive int (the measured candidates of schedule='tune')"),
     "work_dir": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
                  "None or a folder (str or os.PathLike) for the tuning records"),
+    "kernels": (lambda v: isinstance(v, str) and v in _KERNELS,
+                "'auto', 'one' or 'many' (one PrimFunc, or a Relax module of kernels)"),
 }
 
 
@@ -454,12 +497,38 @@ def _inputs(outputs: list, inputs) -> list:
     return inputs
 
 
+# A graph of at least this many kernels builds per kernel under kernels="auto" (README, "Building,
+# scheduling, tuning, CUDA": below it one PrimFunc compiles as fast and runs without the VM).
+AUTO_KERNELS = 16
+_KERNELS = ("auto", "one", "many")
+
+
+def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target):
+    """The kernels of a per-kernel build (kernels.partition), or None for one PrimFunc.  "many"
+    refuses what the Relax VM cannot take: CUDA (no runtime here), scalar parameters, variables
+    that only occur inside dimensions, and extern ops."""
+    if kernels == "one":
+        return None
+    why = ("the target is CUDA" if target.kind.name == "cuda" else
+           "it has scalar parameters (te.var inputs)" if any(isinstance(x, tirx.Var) for x in inputs)
+           else f"variables {[v.name for v in hidden]} occur only inside dimensions" if hidden
+           else "it has extern ops" if not partitionable(lowered) else None)
+    if why is not None:
+        if kernels == "many":
+            raise DifferentiationError(f"build(kernels='many'): this graph builds as one PrimFunc "
+                                       f"only, as {why}; use kernels='one' or 'auto'")
+        return None
+    parts = partition(lowered)
+    return parts if kernels == "many" or len(parts) >= AUTO_KERNELS else None
+
+
 def build(outputs, inputs=None, target="llvm", schedule: str | None = "default", *,
-          trials: int = 64, work_dir: str | None = None, runner=None) -> Compiled:
-    """Compile `outputs` (a tensor or a list) as one kernel taking `inputs`: placeholders and
-    scalar variables (te.var), in call order (default: every placeholder they read, then every
-    free scalar variable that is not a placeholder dimension, each in first-use order).  The
-    compiled function takes an array per placeholder and a number per scalar variable.
+          kernels: str = "auto", trials: int = 64, work_dir: str | None = None,
+          runner=None) -> Compiled:
+    """Compile `outputs` (a tensor or a list) taking `inputs`: placeholders and scalar variables
+    (te.var), in call order (default: every placeholder they read, then every free scalar
+    variable that is not a placeholder dimension, each in first-use order).  The compiled
+    function takes an array per placeholder and a number per scalar variable.
 
     target: "llvm" (this CPU, all cores), "cuda" (the device's arch, or sm_80 without a GPU), a
         dict such as {"kind": "cuda", "arch": "sm_86"}, or a tvm.target.Target.
@@ -468,18 +537,26 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
         measured candidates; records persist in `work_dir`, default ~/.cache/tvm_autodiff/tune,
         and a later build of the same graph reuses them).  `runner` measures elsewhere, e.g.
         `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
+    kernels: "one" (one PrimFunc for everything), "many" (a Relax module of one kernel per op
+        with its single-use injective producers, `tvm_autodiff.kernels`; run on the Relax VM), or
+        "auto" (many for CPU graphs of at least AUTO_KERNELS kernels, else one).
     """
     single = isinstance(outputs, te.Tensor)
     outputs = _outputs(outputs)
     inputs = _inputs(outputs, inputs)
-    _check_options(schedule, trials=trials, work_dir=work_dir)
+    _check_options(schedule, trials=trials, work_dir=work_dir, kernels=kernels)
     target = resolve_target(target)
     _schedule.use_all_cores()
     # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
     given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]
-    func = te.create_prim_func(inputs + computed + _unbound_dimensions(inputs, computed))
+    hidden = _unbound_dimensions(inputs, computed)
+    parts = _kernel_plan(kernels, computed, inputs, hidden, target)
+    if parts is not None:
+        return _build_kernels(parts, inputs, lowered, computed, target, single,
+                              lambda f: _lower(f, target, schedule, trials, work_dir, runner), schedule)
+    func = te.create_prim_func(inputs + computed + hidden)
     # A PrimFunc holds no te.Tensor, so it hashes and compares structurally.
     key = (tvm_ffi.StructuralKey(func), str(target), schedule)
     if key not in _CACHE:
@@ -488,6 +565,39 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
         if target.kind.name == "cuda" and not any(m.kind == "cuda" for m in executable.mod.imports):
             raise RuntimeError("CUDA compilation produced no kernel (the function was not scheduled "
                                "for the GPU)")
-        _CACHE[key] = (executable, scheduled)
-    executable, scheduled = _CACHE[key]
-    return Compiled(executable, inputs, lowered, target, scheduled, single)
+        _CACHE[key] = (PrimFuncProgram(executable), scheduled)
+    program, scheduled = _CACHE[key]
+    return Compiled(program, inputs, lowered, target, {"main": scheduled}, single)
+
+
+def _compile_kernel(func, scheduled: Scheduled, name: str, target, schedule) -> Scheduled:
+    """`_compile` for one kernel of a Relax module, as a public function of its own (TVM compiles
+    a PrimFunc without a global symbol only inside a module that calls it)."""
+    def public(f):
+        return f.with_attr("global_symbol", name)
+    _, compiled = _compile(public(func), Scheduled(public(scheduled.func), scheduled.choices),
+                           target, schedule)
+    return Scheduled(compiled.func.without_attr("global_symbol"), compiled.choices)
+
+
+def _build_kernels(parts, inputs, lowered, computed, target, single, lower, schedule) -> Compiled:
+    """A per-kernel build: the Relax module of `parts` (kernel_module.py), each distinct kernel
+    lowered by `lower` and, where it does not compile, by `_fallbacks`; run on the Relax VM."""
+    tensors = [t for t in inputs if isinstance(t, te.Tensor)]
+    mod, calls = kernel_module(parts, tensors, computed)
+    key = (tvm_ffi.StructuralKey(mod), str(target), schedule)
+    if key not in _CACHE:
+        lowered_kernels = lower_kernels(mod, lower)
+        scheduled = {name: _guarded(s) for name, s in lowered_kernels.items()}
+        try:
+            executable = tvm.compile(replace_kernels(mod, scheduled), target=target)
+        except (RuntimeError, ValueError):
+            # Compile each kernel alone, so that the ones that fail get their fallbacks (warned).
+            scheduled = {name: _compile_kernel(mod[name], s, name, target, schedule)
+                         for name, s in lowered_kernels.items()}
+            executable = tvm.compile(replace_kernels(mod, scheduled), target=target)
+        _CACHE[key] = (VMProgram(executable, tvm.cpu(0), len(tensors)), scheduled,
+                       replace_kernels(mod, scheduled))
+    program, scheduled, scheduled_mod = _CACHE[key]
+    return Compiled(program, inputs, lowered, target, scheduled, single, module=scheduled_mod,
+                    calls=calls)

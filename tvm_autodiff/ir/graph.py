@@ -122,6 +122,19 @@ def replace_loads(expr, mapping: dict) -> object:
     return tvm_ffi.structural_map(expr, (Call, visit))
 
 
+def bodies_reading(op: te.ComputeOp, mapping: dict) -> list:
+    """op's bodies with `replace_loads(·, mapping)`.  The Reduce bodies of a multi-output reduction
+    keep sharing one source array, as TE requires of them."""
+    bodies = list(op.body)
+    if len(bodies) > 1 and isinstance(bodies[0], tirx.Reduce):
+        r = bodies[0]
+        sources = tvm_ffi.convert([replace_loads(x, mapping) for x in r.source])
+        condition = replace_loads(r.condition, mapping)
+        return [tirx.Reduce(r.combiner, sources, r.axis, condition, b.value_index, b.init)
+                for b in bodies]
+    return [replace_loads(b, mapping) for b in bodies]
+
+
 def compute_op(name: str, tag: str, attrs, axis: Sequence, bodies: Sequence) -> te.Operation:
     """A ComputeOp over existing IterVars (te.compute would make fresh ones)."""
     return te._ffi_api.ComputeOp(name, tag, attrs, list(axis), list(bodies))
@@ -144,7 +157,7 @@ def rebuild(outputs: Sequence[te.Tensor],
             continue
         changed_inputs = TensorMap((t, mapping[t]) for t in op.input_tensors if t in mapping)
         if isinstance(op, te.ComputeOp):
-            bodies = [replace_loads(b, changed_inputs) for b in op.body]
+            bodies = bodies_reading(op, changed_inputs)
             new_bodies = rewrite(op, bodies)
             if isinstance(new_bodies, te.Tensor):
                 mapping[op.output(0)] = new_bodies

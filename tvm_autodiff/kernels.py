@@ -1,0 +1,95 @@
+"""Partition a TE graph into kernels: one PrimFunc per op, with its single-use injective producers.
+
+A training step is a graph of a few hundred ops.  As one PrimFunc its compile time grows
+superlinearly with its size, and identical steps (an unrolled recurrence) are compiled once each;
+as kernels, each is small, identical ones are one function, and every tensor that crosses a
+kernel boundary is materialized once (README, "Building, scheduling, tuning, CUDA").
+
+The rule, for ops in reverse topological order (consumers first):
+
+    kernel(P) = kernel(C)   if P is injective (no reduce axis, one output), P is not an output
+                            of the graph, and every read of P is by one consumer op C
+    kernel(P) = P           otherwise (P is the root of its own kernel)
+
+A kernel is thus a tree of injective ops below one root; its inputs are the tensors it reads from
+other kernels or from the graph's inputs, its outputs the root's.  Inside a kernel the schedule's
+inline rules (`schedule/inline.py`) fuse the injective ops into the root; a producer read by
+several consumers is a kernel output, so it is never recomputed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import te
+
+from .ir.graph import TensorMap, bodies_reading, compute_op, ops_post_order, outputs_of
+
+# topi's dense and matmul name their weight placeholder in this attribute; inside a kernel that
+# placeholder is a new one, so the attribute would point at a tensor the PrimFunc does not have.
+_GRAPH_ATTRS = ("layout_free_placeholders",)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The ops of one kernel (producers first, the root last) and the tensors it reads from
+    outside."""
+    ops: tuple
+    inputs: tuple
+
+    @property
+    def root(self) -> te.Operation:
+        return self.ops[-1]
+
+    @property
+    def outputs(self) -> list[te.Tensor]:
+        return outputs_of(self.root)
+
+    def prim_func(self):
+        """The kernel as a PrimFunc over fresh placeholders for its inputs: (inputs..., outputs...)."""
+        mapping = TensorMap((t, te.placeholder(t.shape, str(t.dtype), name=t.op.name))
+                            for t in self.inputs)
+        params = [mapping[t] for t in self.inputs]
+        for op in self.ops:
+            attrs = {k: v for k, v in (op.attrs or {}).items() if k not in _GRAPH_ATTRS}
+            new = compute_op(op.name, op.tag, attrs, op.axis, bodies_reading(op, mapping))
+            mapping.update(zip(outputs_of(op), outputs_of(new)))
+        return te.create_prim_func(params + [mapping[t] for t in self.outputs])
+
+
+def partitionable(outputs) -> bool:
+    """Whether every op of the graph is a compute op or a placeholder (an extern op, such as the
+    scatter-add of passes/scatter.py, keeps the graph one PrimFunc)."""
+    return all(isinstance(op, (te.ComputeOp, te.PlaceholderOp)) for op in ops_post_order(outputs))
+
+
+def _fusible(op: te.Operation) -> bool:
+    return isinstance(op, te.ComputeOp) and not op.reduce_axis and op.num_outputs == 1
+
+
+def partition(outputs) -> list[Kernel]:
+    """The kernels of the graph of `outputs` (module docstring), producers first.  The graph's
+    placeholders are the inputs; it has compute ops only (see `partitionable`)."""
+    order = [op for op in ops_post_order(outputs) if isinstance(op, te.ComputeOp)]
+    consumers: dict = {}
+    for op in order:
+        for t in op.input_tensors:
+            consumers.setdefault(t.op, set()).add(op)
+    graph_outputs = {t.op for t in outputs}
+    root: dict = {}
+    for op in reversed(order):
+        users = consumers.get(op, set())
+        if _fusible(op) and op not in graph_outputs and len(users) == 1:
+            root[op] = root[next(iter(users))]
+        else:
+            root[op] = op
+    members: dict = {}
+    for op in order:
+        members.setdefault(root[op], []).append(op)
+    kernels = []
+    for op in order:
+        if root[op] is op:
+            ops = members[op]
+            inside = set(ops)
+            reads = TensorMap((t, None) for o in ops for t in o.input_tensors if t.op not in inside)
+            kernels.append(Kernel(tuple(ops), tuple(reads)))
+    return kernels
