@@ -497,9 +497,10 @@ def _inputs(outputs: list, inputs) -> list:
     return inputs
 
 
-# A graph of at least this many kernels builds per kernel under kernels="auto" (README, "Building,
-# scheduling, tuning, CUDA": below it one PrimFunc compiles as fast and runs without the VM).
-AUTO_KERNELS = 16
+# A graph of at least this many kernels builds per kernel under kernels="auto": below it one
+# PrimFunc compiles faster and runs without the VM (measured: README, "Building, scheduling,
+# tuning, CUDA").
+AUTO_KERNELS = 24
 _KERNELS = ("auto", "one", "many")
 
 
