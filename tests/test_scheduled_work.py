@@ -9,7 +9,8 @@ it several times recomputes it; `work` cannot see that, the scheduled count can.
   finite differences of a numpy forward;
 - a wide graph, one tensor with 25 to 200 consumers summed into one loss: its gradient builds
   with the default schedule in a worker process under the memory limit of tests/test_robustness.py
-  and a time limit, its scheduled TIR grows linearly in the width, and the gradient matches numpy.
+  and a time limit, its blocks and scheduled work grow linearly in the width, and the gradient
+  matches numpy.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import pytest
 from tvm import s_tir, te, topi
 
 import tvm_autodiff as ad
-from tvm_autodiff.schedule.analysis import block_infos
 from test_robustness import WORKER_ENV, _died, _limit_memory
 
 # -- exact counts -----------------------------------------------------------------------------------
@@ -245,8 +245,8 @@ def _term(X, i: int, c: float):
 
 
 def wide_measures() -> dict:
-    """Per width: the scheduled TIR's characters and blocks, its scheduled work and the
-    unscheduled work (ops); raises if the gradient differs from numpy."""
+    """Per width: the scheduled kernel's blocks (loop-body leaves), its scheduled work
+    (iterations and ops) and the unscheduled ops; raises if the gradient differs from numpy."""
     x = np.random.default_rng(1).uniform(-1, 1, (16, 16))
     out = {}
     for width in WIDTHS:
@@ -254,8 +254,8 @@ def wide_measures() -> dict:
         grad = ad.differentiate(loss, [X])
         m = ad.build(grad, [X])
         np.testing.assert_allclose(m(x)[0], reference(x), rtol=1e-12)
-        out[width] = {"chars": len(m.func.script()), "blocks": len(block_infos(m.func)),
-                      "ops": ad.scheduled_work(m).ops,
+        got = ad.scheduled_work(m)
+        out[width] = {"blocks": len(got.per_block), "iterations": got.iterations, "ops": got.ops,
                       "unscheduled_ops": ad.scheduled_work(unscheduled(grad, [X])).ops}
     return out
 
@@ -263,13 +263,13 @@ def wide_measures() -> dict:
 def test_wide_graph_builds_linearly():
     """The gradient of a tensor with 200 consumers once exceeded Python's recursion limit in zero
     elimination (after time quadratic in the width); it must build, in a worker process under
-    a memory and time limit, to TIR linear in the width, without recomputation."""
+    a memory and time limit, to blocks and work linear in the width, without recomputation."""
     proc = subprocess.run([sys.executable, __file__, "wide"], capture_output=True, text=True,
                           timeout=WIDE_TIMEOUT, preexec_fn=_limit_memory, env={**os.environ, **WORKER_ENV})
     assert proc.returncode == 0, _died(proc.returncode, proc.stderr)
     measures = {int(w): m for w, m in json.loads(proc.stdout.splitlines()[-1]).items()}
     for small, large in zip(WIDTHS, WIDTHS[1:]):
-        for key in ("chars", "blocks", "ops"):
+        for key in ("blocks", "iterations", "ops"):
             assert measures[large][key] <= 2.2 * measures[small][key], (key, measures)
     for width, m in measures.items():
         assert m["ops"] <= 1.5 * m["unscheduled_ops"], (width, m)

@@ -92,7 +92,8 @@ class ScheduledWork:
 
 def scheduled_work(kernel, bindings=None) -> ScheduledWork:
     """Count the work of a kernel as it runs: `kernel` is a `Compiled` (what `build` returns; its
-    scheduled PrimFunc is counted) or a PrimFunc (`te.create_prim_func` gives the unscheduled one).
+    scheduled PrimFunc is counted, or each kernel of a per-kernel build) or a PrimFunc
+    (`te.create_prim_func` gives the unscheduled one).
 
     `work` counts before scheduling, so it cannot see a schedule that recomputes: inlining a
     producer into a consumer that reads it k times per element removes the producer's loops but
@@ -104,7 +105,8 @@ def scheduled_work(kernel, bindings=None) -> ScheduledWork:
                                                              bounds depend on outer loops)
         ops        = sum over L of  prod_i trips(l_i) * ops(L)
 
-    where trips(l) = ceil(extent / step) and ops(L) is the number of expression nodes that L's
+    (in a per-kernel build, each kernel's sums times the calls of it per run) where
+    trips(l) = ceil(extent / step) and ops(L) is the number of expression nodes that L's
     stored values (and the conditions of its if-statements) evaluate: every node except loads,
     variables and constants, and not counting the index arithmetic inside load and store
     indices.  A select counts both branches.  Vectorized, unrolled and parallel loops count their
@@ -114,8 +116,8 @@ def scheduled_work(kernel, bindings=None) -> ScheduledWork:
     if not isinstance(kernel, (Compiled, tirx.PrimFunc)):
         raise ArgumentTypeError(f"scheduled_work() kernel must be a Compiled (from build) or a "
                                 f"tirx.PrimFunc, got {describe(kernel)}.")
-    func = kernel.func if isinstance(kernel, Compiled) else kernel
-    leaves = list(_leaves(func.body))
+    leaves = [(prefix + name, loops, stmt, calls) for prefix, func, calls in _functions(kernel)
+              for name, loops, stmt in _leaves(func.body)]
     symbolic = _bound_vars(leaves)
     env = _bind(bindings, _shape_vars(kernel.outputs) if isinstance(kernel, Compiled) else symbolic,
                 "scheduled_work")
@@ -124,19 +126,32 @@ def scheduled_work(kernel, bindings=None) -> ScheduledWork:
         raise DifferentiationError(f"scheduled_work() counts iterations, which depend on the symbolic "
                                    f"dimensions {_names(missing)}; pass bindings={_template(missing)}.")
     per_block: dict[str, tuple] = {}
-    for name, loops, stmt in leaves:
-        n = count_loops(loops, env)
+    for name, loops, stmt, calls in leaves:
+        n = calls * count_loops(loops, env)
         its, ops = per_block.get(name, (0, 0))
         per_block[name] = (its + n, ops + n * _leaf_ops(stmt))
     return ScheduledWork(sum(i for i, _ in per_block.values()), sum(o for _, o in per_block.values()),
                          per_block)
 
 
+def _functions(kernel) -> list:
+    """[(block-name prefix, scheduled PrimFunc, calls per run)] of `kernel`: a PrimFunc or a
+    one-PrimFunc build is itself, run once; a per-kernel build (`Compiled.kernels`, {name:
+    Scheduled}, with `Compiled.calls`) is each distinct kernel, run as often as a run calls it, its
+    blocks named "kernel/block" as in `Compiled.rules`."""
+    if isinstance(kernel, tirx.PrimFunc):
+        return [("", kernel, 1)]
+    kernels = getattr(kernel, "kernels", None)
+    if kernels is None or getattr(kernel, "module", None) is None:
+        return [("", kernel.func, 1)]
+    return [(f"{name}/", scheduled.func, kernel.calls[name]) for name, scheduled in kernels.items()]
+
+
 def _bound_vars(leaves) -> list:
     """The variables in the loop bounds of `leaves` other than loop variables (the kernel's
     symbolic dimensions), by name."""
-    own = {loop[0] for _, loops, _ in leaves for loop in loops}
-    used = {v for _, loops, _ in leaves for loop in loops for e in loop[1:] if e is not None
+    own = {loop[0] for _, loops, _, _ in leaves for loop in loops}
+    used = {v for _, loops, _, _ in leaves for loop in loops for e in loop[1:] if e is not None
             for v in free_vars(e)}
     return sorted(used - own, key=lambda v: v.name)
 
