@@ -215,11 +215,43 @@ def test_tune_reuses_database_records(tmp_path, monkeypatch):
         sch.trace, workload, run_secs=[1e-6], target=target,
         args_info=ms.arg_info.ArgInfo.from_prim_func(func)))
     monkeypatch.setattr(ms, "tune_tir", lambda *a, **k: pytest.fail("tuned despite a record"))
+    # The record is kept only where it measures faster than the default schedule: both ways.
+    times = {}
+    monkeypatch.setattr(tuning, "measure", lambda f, target: times["tuned" if _is_record(f) else "default"])
+    times.update(tuned=1e-6, default=2e-6)
     m = build(y, [x], schedule="tune", trials=8, work_dir=str(tmp_path))
-    assert "parallel" in m.func.script()
+    assert set(m.rules.values()) == {"meta_schedule"}
     xv = rand(8, 8)
     np.testing.assert_allclose(m(xv), 3 * xv, rtol=1e-6)
+    times.update(tuned=3e-6)
+    monkeypatch.setattr(ad.compile, "_CACHE", {})      # build the same function again
+    m = build(y, [x], schedule="tune", trials=8, work_dir=str(tmp_path))
+    assert m.rules == {"Y": "vector-rows"}
+    assert "not meta_schedule: its record takes 0.003 ms, the default 0.002 ms" in m.explain()
+    np.testing.assert_allclose(m(xv), 3 * xv, rtol=1e-6)
     assert schedule.host_cores() >= 1
+
+
+def _is_record(func) -> bool:
+    """The recorded schedule of test_tune_reuses_database_records: its only schedule is a
+    parallel outer loop (the default rules also vectorize)."""
+    script = func.script()
+    return "parallel" in script and "vectorized" not in script
+
+
+def test_tuning_that_finds_nothing_keeps_the_default(monkeypatch):
+    from tvm_autodiff import tuning
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("meta_schedule found no valid schedule: every candidate failed")
+    monkeypatch.setattr(tuning, "tune", fail)
+    x = te.placeholder((8, 8), name="X")
+    y = te.compute((8, 8), lambda i, j: x[i, j] * 5.0, name="Y")
+    with pytest.warns(UserWarning, match="tuning found no schedule .*keeping the default one"):
+        m = build(y, [x], schedule="tune", trials=8)
+    assert m.rules == {"Y": "vector-rows"} and "not meta_schedule: meta_schedule found no" in m.explain()
+    xv = rand(8, 8)
+    np.testing.assert_allclose(m(xv), 5 * xv, rtol=1e-6)
 
 
 def conv_net_gradient():

@@ -111,7 +111,7 @@ class Compiled:
         self.outputs = [t for t in unique_tensors(outputs) if t not in given]
         self.dimensions = _unbound_dimensions(inputs, self.outputs)
         self.target, self.kernels, self.single, self.module = target, kernels, single, module
-        self.calls = calls if calls is not None else Counter(kernels)
+        self.calls = calls if calls is not None else Counter(dict.fromkeys(kernels, 1))
         self.is_cuda = target.kind.name == "cuda"
 
     @property
@@ -330,9 +330,9 @@ def _lower(func, target, schedule, trials, work_dir, runner) -> Scheduled:
     if schedule == "default":
         return _schedule.schedule_cpu(func, target)
     # schedule == "tune" (build checked the value up front)
-    from .tuning import tune
-    tuned = tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
-    return Scheduled(tuned, tuple(Choice(i.name, "meta_schedule") for i in block_infos(tuned)))
+    from .tuning import tune_or_default
+    return tune_or_default(func, target, _schedule.schedule_cpu(func, target), trials=trials,
+                           work_dir=work_dir, runner=runner)
 
 
 def _fallbacks(func, target, schedule) -> list:

@@ -4,6 +4,10 @@ Records live in one JSON database under `work_dir` (default ~/.cache/tvm_autodif
 the structure of the PrimFunc and the target, so building the same graph again, in this process
 or a later one, reuses the best record without tuning.
 
+A tuned schedule replaces the default one only where it runs faster (`tune_or_default`): with
+a small budget and no cost model meta_schedule can end worse than the default rules, and a kernel
+it cannot schedule at all (see `tune`) keeps the default too.
+
 Measuring on another machine (e.g. a board, or a GPU host) goes through TVM's RPC runner: start a
 tracker (`python -m tvm.exec.rpc_tracker --port 9190`), register the device to it
 (`python -m tvm.exec.rpc_server --tracker HOST:9190 --key KEY`), and pass
@@ -14,10 +18,14 @@ to `build(..., schedule="tune")`.  The default is the local runner on this machi
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
+import numpy as np
 import tvm
 from tvm import tirx
+
+from .schedule import Choice, Scheduled, block_infos
 
 DEFAULT_WORK_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tvm_autodiff", "tune")
 
@@ -107,3 +115,46 @@ def tune(func: tirx.PrimFunc, target: tvm.target.Target, trials: int = 64,
             "the windows of a conv's input gradient, which its DisallowDynamicLoop and "
             "RewriteParallelVectorizeUnroll reject); use schedule='default'. Logs: " + work_dir)
     return found
+
+
+def measure(func: tirx.PrimFunc, target: tvm.target.Target, repeat: int = 5) -> float:
+    """Median seconds of one call of `func` (static shapes) on this machine, on random inputs."""
+    rng = np.random.default_rng(0)
+    executable = tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+    args = [tvm.runtime.tensor(rng.random([int(d) for d in p.shape]).astype(str(p.dtype)))
+            for p in func.params]
+    timer = executable.mod.time_evaluator("main", tvm.cpu(0), number=3, repeat=repeat)
+    return float(timer(*args).median)
+
+
+def _static(func: tirx.PrimFunc) -> bool:
+    return all(isinstance(d, tirx.IntImm) for p in func.params for d in p.shape)
+
+
+def tune_or_default(func: tirx.PrimFunc, target: tvm.target.Target, default: Scheduled, *,
+                    trials: int, work_dir: Optional[str] = None, runner=None) -> Scheduled:
+    """The tuned schedule of `func` if it measures faster than `default` (the default rules'),
+    else `default`, whose choices then say why (`explain`).  Where meta_schedule finds no schedule
+    at all, `default`, with a warning naming the reason."""
+    try:
+        tuned = tune(func, target, trials=trials, work_dir=work_dir, runner=runner)
+    except RuntimeError as err:   # no valid candidate, or a ScheduleError in its postprocessors
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        warnings.warn(f"build: tuning found no schedule ({reason}); keeping the default one",
+                      stacklevel=4)
+        return _declined(default, f"meta_schedule found no schedule ({reason})")
+    if _static(func):
+        theirs = measure(tuned, target)
+        try:
+            ours = measure(default.func, target)
+        except (RuntimeError, ValueError):   # e.g. no vector form of an intrinsic: `build` falls
+            ours = float("inf")             # back from such a default, so the record wins
+        if theirs > ours:
+            return _declined(default, f"its record takes {theirs * 1e3:.3f} ms, the default "
+                                      f"{ours * 1e3:.3f} ms")
+    return Scheduled(tuned, tuple(Choice(i.name, "meta_schedule") for i in block_infos(tuned)))
+
+
+def _declined(default: Scheduled, why: str) -> Scheduled:
+    return Scheduled(default.func, tuple(Choice(c.block, c.rule, c.declined + (("meta_schedule", why),))
+                                         for c in default.choices))
