@@ -151,3 +151,23 @@ def test_a_kernel_that_does_not_compile_falls_back_alone():
     np.testing.assert_allclose(r, (np.sinh(x) * x).sum(1), rtol=1e-13)
     np.testing.assert_allclose(dx, h[:, None] * (np.cosh(x) * x + np.sinh(x)), rtol=1e-13)
     assert any(rule == "vector-rows" for rule in m.rules.values()), m.explain()
+
+
+def test_scatter_add_is_a_kernel_of_its_own():
+    """The embedding gradient's scatter-add (an extern op, passes/scatter.py) in a per-kernel build,
+    against numpy's add.at."""
+    table = te.placeholder((10, 4), F64, name="table")
+    ids = te.placeholder((6,), "int32", name="ids")
+    E = topi.take(table, ids, axis=0)
+    L = topi.sum(topi.multiply(E, E))
+    (dtable,) = ad.differentiate(L, [table])
+    assert isinstance(dtable.op, te.ExternOp)
+    m = ad.build([L, dtable], [table, ids], kernels="many")
+    assert dtable.op.name in m.kernels, list(m.kernels)
+    rng = np.random.default_rng(3)
+    t, i = rng.standard_normal((10, 4)), np.array([1, 3, 1, 0, 9, 3], "int32")
+    loss, dt = m(t, i)
+    want = np.zeros_like(t)
+    np.add.at(want, i, 2 * t[i])
+    np.testing.assert_allclose(loss, (t[i] ** 2).sum(), rtol=1e-13)
+    np.testing.assert_allclose(dt, want, rtol=1e-13)

@@ -506,14 +506,16 @@ _KERNELS = ("auto", "one", "many")
 
 def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target):
     """The kernels of a per-kernel build (kernels.partition), or None for one PrimFunc.  "many"
-    refuses what the Relax VM cannot take: CUDA (no runtime here), scalar parameters, variables
-    that only occur inside dimensions, and extern ops."""
+    refuses what the per-kernel build does not take: CUDA (not built per kernel yet), scalar
+    parameters (call_tir passes tensors), variables that only occur inside dimensions (Relax binds
+    plain ones only), and ops other than compute and extern ops."""
     if kernels == "one":
         return None
     why = ("the target is CUDA" if target.kind.name == "cuda" else
            "it has scalar parameters (te.var inputs)" if any(isinstance(x, tirx.Var) for x in inputs)
            else f"variables {[v.name for v in hidden]} occur only inside dimensions" if hidden
-           else "it has extern ops" if not partitionable(lowered) else None)
+           else "it has ops other than compute and extern ops" if not partitionable(lowered)
+           else None)
     if why is not None:
         if kernels == "many":
             raise DifferentiationError(f"build(kernels='many'): this graph builds as one PrimFunc "

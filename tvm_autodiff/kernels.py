@@ -1,4 +1,5 @@
 """Partition a TE graph into kernels: one PrimFunc per op, with its single-use injective producers.
+(An extern op, such as the scatter-add of passes/scatter.py, is a kernel of its own.)
 
 A training step is a graph of a few hundred ops.  As one PrimFunc its compile time grows
 superlinearly with its size, and identical steps (an unrolled recurrence) are compiled once each;
@@ -50,16 +51,26 @@ class Kernel:
                             for t in self.inputs)
         params = [mapping[t] for t in self.inputs]
         for op in self.ops:
-            attrs = {k: v for k, v in (op.attrs or {}).items() if k not in _GRAPH_ATTRS}
-            new = compute_op(op.name, op.tag, attrs, op.axis, bodies_reading(op, mapping))
-            mapping.update(zip(outputs_of(op), outputs_of(new)))
+            mapping.update(zip(outputs_of(op), outputs_of(_reading(op, mapping))))
         return te.create_prim_func(params + [mapping[t] for t in self.outputs])
 
 
+def _reading(op: te.Operation, mapping: TensorMap) -> te.Operation:
+    """op, reading mapping[t] for each input t that `mapping` has."""
+    if isinstance(op, te.ExternOp):
+        return te._ffi_api.ExternOp(op.name, op.tag, op.attrs, [mapping.get(t, t) for t in op.inputs],
+                                    op.input_placeholders, op.output_placeholders, op.body)
+    attrs = {k: v for k, v in (op.attrs or {}).items() if k not in _GRAPH_ATTRS}
+    return compute_op(op.name, op.tag, attrs, op.axis, bodies_reading(op, mapping))
+
+
+_KERNEL_OPS = (te.ComputeOp, te.ExternOp)
+
+
 def partitionable(outputs) -> bool:
-    """Whether every op of the graph is a compute op or a placeholder (an extern op, such as the
-    scatter-add of passes/scatter.py, keeps the graph one PrimFunc)."""
-    return all(isinstance(op, (te.ComputeOp, te.PlaceholderOp)) for op in ops_post_order(outputs))
+    """Whether every op of the graph is a compute op, an extern op (such as the scatter-add of
+    passes/scatter.py, a kernel of its own) or a placeholder."""
+    return all(isinstance(op, (*_KERNEL_OPS, te.PlaceholderOp)) for op in ops_post_order(outputs))
 
 
 def _fusible(op: te.Operation) -> bool:
@@ -68,8 +79,8 @@ def _fusible(op: te.Operation) -> bool:
 
 def partition(outputs) -> list[Kernel]:
     """The kernels of the graph of `outputs` (module docstring), producers first.  The graph's
-    placeholders are the inputs; it has compute ops only (see `partitionable`)."""
-    order = [op for op in ops_post_order(outputs) if isinstance(op, te.ComputeOp)]
+    placeholders are the inputs; its other ops are compute or extern ops (`partitionable`)."""
+    order = [op for op in ops_post_order(outputs) if isinstance(op, _KERNEL_OPS)]
     consumers: dict = {}
     for op in order:
         for t in op.input_tensors:
