@@ -3,10 +3,10 @@ graph asks for before it (`ad.work`).  A schedule that inlines a producer into a
 it several times recomputes it; `work` cannot see that, the scheduled count can.
 
 - exact counts on small kernels, against formulas written out here;
-- an LSTM cell unrolled T = 1, 2, 4, 8 steps, loss and gradients with respect to the weights:
-  the default schedule's work stays within 1.5x of the unscheduled work, and grows linearly in T
-  (no step's values are recomputed in a later step), with the gradients checked against
-  finite differences of a numpy forward;
+- an LSTM cell unrolled T = 1, 2, 4, 8 steps, loss and gradients with respect to the weights,
+  built as one PrimFunc and as kernels: the default schedule's work stays within 1.5x of the
+  unscheduled work, and grows linearly in T (no step's values are recomputed in a later step),
+  with the gradients checked against finite differences of a numpy forward;
 - a wide graph, one tensor with 25 to 200 consumers summed into one loss: its gradient builds
   with the default schedule in a worker process under the memory limit of tests/test_robustness.py
   and a time limit, its blocks and scheduled work grow linearly in the width, and the gradient
@@ -190,12 +190,16 @@ def unscheduled(outputs, inputs):
     return te.create_prim_func(inputs + [t for t in outputs if t not in inputs])
 
 
-def test_unrolled_lstm_scheduled_work_is_linear_and_not_recomputed():
+@pytest.mark.parametrize("kernels", ["one", "auto"])
+def test_unrolled_lstm_scheduled_work_is_linear_and_not_recomputed(kernels):
+    """As one PrimFunc, the inline rule sees every step at once: it must not inline a step's values
+    into later steps.  As kernels (the default build of T >= 2), each kernel is scheduled alone and
+    run once per call; the total must stay the same."""
     rng = np.random.default_rng(0)
     counts = {}
     for steps in (1, 2, 4, 8):
         outputs, inputs = lstm(steps)
-        m = ad.build(outputs, inputs)
+        m = ad.build(outputs, inputs, kernels=kernels)
         got = ad.scheduled_work(m)
         before = ad.scheduled_work(unscheduled(outputs, inputs))
         # Inlining removes loop nests but must not evaluate any value twice.
