@@ -141,10 +141,9 @@ def _functions(kernel) -> list:
     blocks named "kernel/block" as in `Compiled.rules`."""
     if isinstance(kernel, tirx.PrimFunc):
         return [("", kernel, 1)]
-    kernels = getattr(kernel, "kernels", None)
-    if kernels is None or getattr(kernel, "module", None) is None:
+    if kernel.module is None:
         return [("", kernel.func, 1)]
-    return [(f"{name}/", scheduled.func, kernel.calls[name]) for name, scheduled in kernels.items()]
+    return [(f"{name}/", scheduled.func, kernel.calls[name]) for name, scheduled in kernel.kernels.items()]
 
 
 def _bound_vars(leaves) -> list:
