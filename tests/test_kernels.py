@@ -18,7 +18,7 @@ from tvm import te, topi
 import tvm_autodiff as ad
 from gradcheck import check_grad
 from tvm_autodiff.compile import AUTO_KERNELS
-from tvm_autodiff.kernels import partition
+from tvm_autodiff.kernels import MAX_KERNEL_OPS, partition
 
 F64 = "float64"
 
@@ -35,6 +35,16 @@ def test_partition_fuses_single_use_injective_producers():
     kernels = partition([R, P])                                           # P is an output too
     assert [[op.name for op in k.ops] for k in kernels] == [["E", "S"], ["N"], ["P"], ["Q", "R"]]
     assert [[t.name for t in k.inputs] for k in kernels] == [["A"], ["S"], ["N"], ["N", "P"]]
+
+
+def test_partition_cuts_long_fused_chains():
+    """A chain of 100 single-use elementwise ops would be one fused kernel; it is cut into kernels
+    of at most MAX_KERNEL_OPS ops (their machine code would otherwise grow without bound)."""
+    t = A = te.placeholder((8,), F64, name="A")
+    for i in range(100):
+        t = te.compute((8,), (lambda u: lambda j: te.sin(u[j]) + 1.0)(t), name=f"s{i}")
+    sizes = [len(k.ops) for k in partition([t])]
+    assert sizes == [100 - 3 * MAX_KERNEL_OPS] + [MAX_KERNEL_OPS] * 3, sizes
 
 
 def lstm(T: int, B: int = 3, I: int = 4, H: int = 3, dtype: str = F64):

@@ -11,8 +11,9 @@ Sections:
   central finite differences (tests/gradcheck.py), or, for ops without a TE body (ExternOp), a
   DifferentiationError that names the op and `manual=`, and the `manual=` way out checked the same
   way.
-- deep graphs: a 1,000-op chain differentiates with linear op count and work, and a 100-op one
-  builds with the default schedule and gives numpy's values and finite-difference gradients.
+- deep graphs: a 1,000-op chain differentiates with linear op count and work and builds per
+  kernel in about a second, with the numpy chain rule's values; a 100-op one builds as one
+  PrimFunc and gives numpy's values and finite-difference gradients.
 """
 from __future__ import annotations
 
@@ -382,25 +383,30 @@ def test_topi_op(name, topi_outcomes):
 
 # -- deep graphs ------------------------------------------------------------------------------------
 
-# Each op's derivative is near 1 (products over 100 ops stay between 0.3 and 30), so that finite
-# differences of the chain are accurate.
-CHAIN_OPS = [(lambda v: v + te.sin(v) * 0.1, lambda v: v + np.sin(v) * 0.1),
-             (lambda v: v * 1.02 - 0.01, lambda v: v * 1.02 - 0.01),
-             (lambda v: (v + te.tanh(v) * 0.05) * 0.95, lambda v: (v + np.tanh(v) * 0.05) * 0.95),
-             (lambda v: v + te.sigmoid(v) * 0.1 - 0.05, lambda v: v + 0.1 / (1.0 + np.exp(-v)) - 0.05)]
+# (TE op, numpy op, numpy derivative): each derivative is near 1, so that products over 100 ops
+# stay between 0.3 and 30 and finite differences of the chain are accurate.
+CHAIN_OPS = [(lambda v: v + te.sin(v) * 0.1, lambda v: v + np.sin(v) * 0.1,
+              lambda v: 1 + 0.1 * np.cos(v)),
+             (lambda v: v * 1.02 - 0.01, lambda v: v * 1.02 - 0.01, lambda v: np.full_like(v, 1.02)),
+             (lambda v: (v + te.tanh(v) * 0.05) * 0.95, lambda v: (v + np.tanh(v) * 0.05) * 0.95,
+              lambda v: (1 + 0.05 * (1 - np.tanh(v) ** 2)) * 0.95),
+             (lambda v: v + te.sigmoid(v) * 0.1 - 0.05, lambda v: v + 0.1 / (1.0 + np.exp(-v)) - 0.05,
+              lambda v: 1 + 0.1 * np.exp(-v) / (1 + np.exp(-v)) ** 2)]
 
 
 def mixed_chain(k: int, n: int = 4):
-    """x -> t_0 -> ... -> t_{k-1}, cycling through four elementwise ops; with its numpy twin."""
+    """x -> t_0 -> ... -> t_{k-1}, cycling through four elementwise ops; with its numpy twin,
+    which returns the value and the derivative by the chain rule."""
     x = ph((n,), "x")
 
     def step(t, i):
         return te.compute((n,), lambda j: CHAIN_OPS[i % 4][0](t[j]), name=f"t{i}")
 
     def reference(v):
+        slope = np.ones_like(v)
         for i in range(k):
-            v = CHAIN_OPS[i % 4][1](v)
-        return v
+            slope, v = slope * CHAIN_OPS[i % 4][2](v), CHAIN_OPS[i % 4][1](v)
+        return v, slope
 
     t = x
     for i in range(k):
@@ -408,28 +414,40 @@ def mixed_chain(k: int, n: int = 4):
     return x, t, reference
 
 
+X0, HEAD0 = np.array([0.3, -0.2, 0.7, 0.1]), np.array([1.0, -2.0, 0.5, 3.0])
+
+
 @isolated()
 def deep_chain_1000():
-    """A 1,000-op chain differentiates to a gradient graph with one adjoint op per forward op
-    and twice the forward work (each adjoint reads one local derivative and the next adjoint)."""
-    x, y, _ = mixed_chain(1000)
-    (dx,) = ad.differentiate(y, [x], head=ph(y.shape, "H"))
+    """A 1,000-op chain differentiates to a gradient graph with one adjoint op per forward op and
+    twice the forward work (each adjoint reads one local derivative and the next adjoint); it
+    builds per kernel (kernels.py cuts the fused adjoint chain into kernels of at most
+    MAX_KERNEL_OPS ops, five distinct ones) and gives the numpy chain rule's values."""
+    x, y, reference = mixed_chain(1000)
+    head = ph(y.shape, "H")
+    (dx,) = ad.differentiate(y, [x], head=head)
     assert len(ops_post_order([dx])) <= 2 * 1000 + 2
     assert ad.work([dx]).iterations <= 2 * ad.work([y]).iterations
+    fn = ad.build([y, dx], [x, head])
+    assert fn.module is not None and len(fn.kernels) <= 8, list(fn.kernels)
+    value, grad = fn(X0, HEAD0)
+    want, slope = reference(X0)
+    np.testing.assert_allclose(value, want, rtol=1e-12)
+    np.testing.assert_allclose(grad, HEAD0 * slope, rtol=1e-8)     # slopes near 1e-13: relative
 
 
 @isolated()
 def deep_chain_100_values():
-    """A 100-op chain built with the default schedule: the value and the gradient against the numpy
-    twin and its central finite differences (float64)."""
+    """A 100-op chain built as one PrimFunc with the default schedule: the value and the gradient
+    against the numpy twin and its central finite differences (float64)."""
     x, y, reference = mixed_chain(100)
     head = ph(y.shape, "H")
-    fn = ad.build([y, *ad.differentiate(y, [x], head=head)], [x, head])
-    x0, h = np.array([0.3, -0.2, 0.7, 0.1]), np.array([1.0, -2.0, 0.5, 3.0])
-    value, grad = fn(x0, h)
-    np.testing.assert_allclose(value, reference(x0), rtol=1e-12)
+    fn = ad.build([y, *ad.differentiate(y, [x], head=head)], [x, head], kernels="one")
+    value, grad = fn(X0, HEAD0)
+    np.testing.assert_allclose(value, reference(X0)[0], rtol=1e-12)
     eps = 1e-6
-    np.testing.assert_allclose(grad, h * (reference(x0 + eps) - reference(x0 - eps)) / (2 * eps), rtol=1e-6)
+    fd = (reference(X0 + eps)[0] - reference(X0 - eps)[0]) / (2 * eps)
+    np.testing.assert_allclose(grad, HEAD0 * fd, rtol=1e-6)
 
 
 DEEP_CASES = ["deep_chain_1000", "deep_chain_100_values"]

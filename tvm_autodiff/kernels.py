@@ -10,6 +10,7 @@ The rule, for ops in reverse topological order (consumers first):
 
     kernel(P) = kernel(C)   if P is injective (no reduce axis, one output), P is not an output
                             of the graph, and every read of P is by one consumer op C
+                            and that kernel has fewer than MAX_KERNEL_OPS ops
     kernel(P) = P           otherwise (P is the root of its own kernel)
 
 A kernel is thus a tree of injective ops below one root; its inputs are the tensors it reads from
@@ -19,11 +20,18 @@ several consumers is a kernel output, so it is never recomputed.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from tvm import te
 
 from .ir.graph import TensorMap, bodies_reading, compute_op, ops_post_order, outputs_of
+
+# The inline rules fuse a kernel's injective ops into one loop body, whose machine code LLVM
+# compiles in time superlinear in its size: the gradient of a 1,000-op elementwise chain as one
+# kernel took minutes (README, "Building, scheduling, tuning, CUDA").  A chain longer than this
+# is cut into kernels of this many ops, which, for a repeating chain, are mostly one PrimFunc.
+MAX_KERNEL_OPS = 32
 
 # topi's dense and matmul name their weight placeholder in this attribute; inside a kernel that
 # placeholder is a new one, so the attribute would point at a tensor the PrimFunc does not have.
@@ -87,12 +95,16 @@ def partition(outputs) -> list[Kernel]:
             consumers.setdefault(t.op, set()).add(op)
     graph_outputs = {t.op for t in outputs}
     root: dict = {}
+    size: Counter = Counter()
     for op in reversed(order):
         users = consumers.get(op, set())
-        if _fusible(op) and op not in graph_outputs and len(users) == 1:
-            root[op] = root[next(iter(users))]
+        joined = root[next(iter(users))] if len(users) == 1 else None
+        if _fusible(op) and op not in graph_outputs and joined is not None \
+                and size[joined] < MAX_KERNEL_OPS:
+            root[op] = joined
         else:
             root[op] = op
+        size[root[op]] += 1
     members: dict = {}
     for op in order:
         members.setdefault(root[op], []).append(op)
