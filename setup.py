@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["tvm_autodiff", "tvm_autodiff.ir", "tvm_autodiff.frontend", "tvm_autodiff.passes",
-              "tvm_autodiff.tir", "tvm_autodiff.schedule"],
+              "tvm_autodiff.tir", "tvm_autodiff.schedule", "tvm_autodiff.relax"],
     # The zero-elimination passes live in a top-level folder of their own (they work on any TE
     # tensor, not only on gradients) but are installed as a subpackage.
     package_dir={"tvm_autodiff": "tvm_autodiff", "tvm_autodiff.passes": "passes"},
@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         # The tutorials run (in a fast mode) as part of the tests, so their dependencies are here too.
-        "test": ["pytest", "hypothesis", "scikit-learn", "matplotlib", "tqdm"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "matplotlib", "tqdm", "torch==2.13.0"],
         "bench": ["torch==2.13.0", "matplotlib", "tqdm"],
         "tutorials": ["scikit-learn", "matplotlib", "tqdm"],
     },
