@@ -1,9 +1,15 @@
 """Relax integration: gradients for every Relax op with a TE legalization (README, "Relax").
 
-Importing this package registers nothing; `register_gradients()` does.
+Modules: replay (an op's legalization as TE), rule (the FPrimalGradient they share), register
+(register_gradients), transform (the one-call Gradient pass, prepare_gradients), training (to
+tvm.relax.training from an imported model).  Importing this package registers nothing;
+`register_gradients()` does.
 """
 from .register import candidates, register_gradients
 from .replay import replay
 from .rule import GRADIENT_ATTR, primal_gradient
+from .training import Adam, ModelLoss, backbone
+from .transform import Gradient, prepare_gradients
 
-__all__ = ["GRADIENT_ATTR", "candidates", "primal_gradient", "register_gradients", "replay"]
+__all__ = ["Adam", "GRADIENT_ATTR", "Gradient", "ModelLoss", "backbone", "candidates",
+           "prepare_gradients", "primal_gradient", "register_gradients", "replay"]

@@ -25,6 +25,8 @@ An output field whose gradient is `relax.zeros` (unused by the loss) is left out
 """
 from __future__ import annotations
 
+import threading
+
 import tvm
 import tvm_ffi
 from tvm import relax, te, tirx, topi
@@ -156,8 +158,26 @@ def _own_shape_vars(func, params: list):
     return tvm_ffi.structural_map(func, (tirx.Var, lambda v: fresh.get(v, v))) if fresh else func
 
 
+class _Failures(threading.local):
+    """The last DifferentiationError a rule raised in this thread: TVM's FFI turns it into a
+    RuntimeError on its way out of relax.transform.Gradient, and the pass (transform.py) raises
+    the original again."""
+    last: DifferentiationError | None = None
+
+
+FAILURES = _Failures()
+
+
 def primal_gradient(orig_var, orig_call, output_grad, ctx: relax.BlockBuilder) -> list:
     """The FPrimalGradient of any op with a TE legalization (module docstring)."""
+    try:
+        return _gradient(orig_var, orig_call, output_grad, ctx)
+    except DifferentiationError as err:
+        FAILURES.last = err
+        raise
+
+
+def _gradient(orig_var, orig_call, output_grad, ctx: relax.BlockBuilder) -> list:
     op_name = orig_call.op.name
     leaves = _Leaves(orig_call, ctx)
     floats = [t for t in leaves.relax_of if is_float(t)]

@@ -1,0 +1,61 @@
+"""The one-call pass, and what the emitted gradient kernels need before tvm.compile.
+
+    Gradient(func, require_grads, target_index, target)   register_gradients() +
+                                                          relax.transform.Gradient +
+                                                          prepare_gradients(·, target)
+    prepare_gradients(mod, target=None)                   each PrimFunc that rule.py emitted
+                                                          (marked GRADIENT_ATTR): the default
+                                                          schedule of `target` (none when None),
+                                                          then guard_indices
+
+guard_indices hides the load indices that TVM 0.27 miscompiles (README, "Building, scheduling,
+tuning, CUDA"); TVM's own gradient kernels are left as they are.  After SetupTrainer (which runs
+relax.transform.Gradient itself) call prepare_gradients on the train module.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax, tirx
+
+from ..compile import resolve_target
+from ..schedule import schedule_cpu, schedule_gpu
+from ..tir import guard_indices
+from .register import register_gradients
+from .rule import FAILURES, GRADIENT_ATTR
+
+
+def _schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
+    """The project's default schedule of a gradient kernel for `target` (GPU for CUDA)."""
+    if target.kind.name == "cuda":
+        return schedule_gpu(func, target).func
+    return schedule_cpu(func, target).func
+
+
+def prepare_gradients(mod: tvm.IRModule, target=None) -> tvm.IRModule:
+    """`mod` with its tvm_autodiff gradient kernels scheduled for `target` (if given) and their
+    indices guarded (module docstring)."""
+    target = None if target is None else resolve_target(target)
+    mod = mod.clone()
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and GRADIENT_ATTR in func.attrs:
+            mod[gv] = guard_indices(func if target is None else _schedule(func, target))
+    return mod
+
+
+def Gradient(func_name: str = "main", require_grads=None, target_index: int = 0, target=None):
+    """relax.transform.Gradient with every op's gradient registered and the kernels prepared: one
+    module pass.  A DifferentiationError from an op's rule comes out as itself (TVM would wrap it
+    in a RuntimeError)."""
+    @tvm.transform.module_pass(opt_level=0, name="tvm_autodiff.relax.Gradient")
+    def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        register_gradients()
+        FAILURES.last = None
+        try:
+            mod = relax.transform.Gradient(func_name, require_grads, target_index)(mod)
+        except RuntimeError as err:
+            if FAILURES.last is not None:
+                raise FAILURES.last from err
+            raise
+        return prepare_gradients(mod, target)
+
+    return run
