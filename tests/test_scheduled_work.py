@@ -250,13 +250,15 @@ def _term(X, i: int, c: float):
 
 def wide_measures() -> dict:
     """Per width: the scheduled kernel's blocks (loop-body leaves), its scheduled work
-    (iterations and ops) and the unscheduled ops; raises if the gradient differs from numpy."""
+    (iterations and ops) and the unscheduled ops; raises if the gradient differs from numpy.
+    One PrimFunc, where the inline rules see all the consumers at once (a per-kernel build
+    materializes the tensors between kernels whatever the rules do)."""
     x = np.random.default_rng(1).uniform(-1, 1, (16, 16))
     out = {}
     for width in WIDTHS:
         X, loss, reference = wide(width)
         grad = ad.differentiate(loss, [X])
-        m = ad.build(grad, [X])
+        m = ad.build(grad, [X], kernels="one")
         np.testing.assert_allclose(m(x)[0], reference(x), rtol=1e-12)
         got = ad.scheduled_work(m)
         out[width] = {"blocks": len(got.per_block), "iterations": got.iterations, "ops": got.ops,
@@ -272,9 +274,13 @@ def test_wide_graph_builds_linearly():
                           timeout=WIDE_TIMEOUT, preexec_fn=_limit_memory, env={**os.environ, **WORKER_ENV})
     assert proc.returncode == 0, _died(proc.returncode, proc.stderr)
     measures = {int(w): m for w, m in json.loads(proc.stdout.splitlines()[-1]).items()}
-    for small, large in zip(WIDTHS, WIDTHS[1:]):
-        for key in ("blocks", "iterations", "ops"):
-            assert measures[large][key] <= 2.2 * measures[small][key], (key, measures)
+    first, second = WIDTHS[:2]
+    for key in ("blocks", "iterations", "ops"):
+        # At most linear: no width above the straight line through the first two, extended.
+        slope = (measures[second][key] - measures[first][key]) / (second - first)
+        for width in WIDTHS[2:]:
+            line = measures[first][key] + slope * (width - first)
+            assert measures[width][key] <= 1.25 * line, (key, measures)
     for width, m in measures.items():
         assert m["ops"] <= 1.5 * m["unscheduled_ops"], (width, m)
 
