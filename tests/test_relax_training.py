@@ -20,6 +20,7 @@ import tvm_autodiff.relax as ar
 
 STEPS = 5
 LR = 0.05
+ADAM_LR = 0.01      # Adam's steps are lr-sized whatever the gradient: a larger one makes float32 noise visible
 RTOL = 1e-5
 
 
@@ -57,7 +58,7 @@ def train_torch(model, loss_fn, optimizer, batches):
 def check_training(make_model, example, batches, loss, loss_args, torch_loss):
     """Both optimizers: the losses and parameters of 5 steps equal torch's."""
     for relax_opt, torch_opt in [(relax_optimizer.SGD(LR), lambda p: torch.optim.SGD(p, LR)),
-                                 (ar.Adam(LR), lambda p: torch.optim.Adam(p, LR))]:
+                                 (ar.Adam(ADAM_LR), lambda p: torch.optim.Adam(p, ADAM_LR))]:
         model = make_model()
         mod, params = import_model(model, example)
         ours, our_params = train_tvm(mod, loss, loss_args, relax_opt, params, batches)
@@ -88,3 +89,61 @@ def test_mlp_trains_as_in_torch():
     types = [relax.TensorType((4, 3), "float32")] * 2
     check_training(MLP, (torch.zeros(4, 6),), batches, relax_loss.MSELoss(reduction="mean"), types,
                    F.mse_loss)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)   # a bias before BatchNorm has gradient 0
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2), 1))
+
+
+def test_cnn_with_batch_norm_trains_as_in_torch():
+    torch.manual_seed(1)
+    batches = _batches(np.random.default_rng(1), (4, 2, 6, 6), (4, 5))
+    types = [relax.TensorType((4, 5), "float32")] * 2
+    check_training(CNN, (torch.zeros(4, 2, 6, 6),), batches, relax_loss.MSELoss(reduction="mean"), types,
+                   F.mse_loss)
+
+
+class TinyLM(nn.Module):
+    """Embedding, one pre-norm attention block (scaled_dot_product_attention), a GELU MLP, and
+    F.cross_entropy of the next token (imported as log_softmax, gather_elements and squeeze)."""
+
+    def __init__(self, vocab=11, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Parameter(torch.randn(6, dim) * 0.1)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        # The key's bias has gradient 0 (softmax ignores a constant per row), and Adam would turn
+        # its float32 noise into lr-sized steps in torch and TVM alike.
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens, targets):
+        b, t = tokens.shape
+        x = self.embed(tokens) + self.pos[:t]
+        h = self.ln1(x)
+        q, k, v = (f(h).reshape(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
+        x = x + self.proj(att)
+        x = x + self.mlp(self.ln2(x))
+        logits = self.head(x)
+        return F.cross_entropy(logits.reshape(b * t, -1), targets.reshape(b * t))
+
+
+def test_transformer_lm_trains_as_in_torch():
+    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
+    tokens = [rng.integers(0, 11, (3, 6)) for _ in range(STEPS)]
+    batches = [([x, np.roll(x, -1, 1)], []) for x in tokens]
+    ar.register_gradients(override=["relax.take"])     # TVM's take gradient needs 1-d indices
+    example = (torch.zeros(3, 6, dtype=torch.int64), torch.zeros(3, 6, dtype=torch.int64))
+    check_training(TinyLM, example, batches, ar.ModelLoss(), [relax.TensorType((), "float32")],
+                   lambda loss: loss)
