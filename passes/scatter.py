@@ -9,6 +9,7 @@ No index equation can be solved for r (g reads tensor data), so as a reduction i
 
     dX = 0;   for q, r:  dX[g(r, q), q] += v(r, g(r, q), q)
 
+with the innermost q in contiguous chunks inside r (`_add_nest`).
 TE has no scatter, so the loop nest is a te.extern op with a hand-built TIR body (tagged
 `SCATTER_TAG`).  Iterations over q are independent (each writes its own slice of dX), which keeps
 it parallelizable.  Writing the adjoint of a gather as a scatter follows Li et al.,
@@ -24,7 +25,8 @@ from tvm import te, tirx
 from tvm.ir import Call, Var
 
 from tvm_autodiff.ir.expr import cast, free_vars, reads, substitute
-from tvm_autodiff.ir.graph import SCATTER_TAG, TensorMap, is_load, unique_tensors
+from tvm_autodiff.ir.graph import (INDEPENDENT_LOOP, LANES_LOOP, SCATTER_TAG, TensorMap, is_load,
+                                  unique_tensors)
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,53 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
         # Zero the output, then add every term at its data-dependent position.
         zvars = [Var(iv.var.name + "_z", str(iv.var.ty.dtype)) for iv in axes]
         zero = tirx.BufferStore(out, tirx.const(0, dtype), zvars)
-        for v, iv in reversed(list(zip(zvars, axes))):
-            zero = tirx.For(v, 0, iv.dom.extent, tirx.ForKind.SERIAL, zero)
+        for n, (v, iv) in reversed(list(enumerate(zip(zvars, axes)))):
+            zero = _loop(v, iv.dom.extent, zero, INDEPENDENT_LOOP if n == 0 else None)
         index = [as_buffer(g) if iv.var.same_as(o) else iv.var for iv in axes]
         index = [cast(i, str(iv.var.ty.dtype)) for i, iv in zip(index, axes)]
         add = tirx.BufferStore(out, tirx.BufferLoad(out, index) + as_buffer(value), index)
-        for k, extent in reversed(list(red)):
-            add = tirx.For(k, 0, extent, tirx.ForKind.SERIAL, add)
-        for iv in reversed([iv for iv in axes if not iv.var.same_as(o)]):
-            add = tirx.For(iv.var, 0, iv.dom.extent, tirx.ForKind.SERIAL, add)
-        return tirx.SeqStmt([zero, add])
+        return tirx.SeqStmt([zero, _add_nest(add, [iv for iv in axes if not iv.var.same_as(o)], red)])
 
     return te.extern(shape, inputs, fcompute, name=name, dtype=dtype, tag=SCATTER_TAG)
+
+
+# Elements of the innermost output axis that one iteration of the independent loop adds: a
+# multiple of every machine vector, and 256 bytes of float32 (four cache lines).
+CHUNK = 64
+
+
+def _loop(var, extent, body, annotation=None):
+    return tirx.For(var, 0, extent, tirx.ForKind.SERIAL, body,
+                    annotations=None if annotation is None else {annotation: 1})
+
+
+def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
+    """The loops of the adds.  With q_last = qo·C + qi split in chunks of C = CHUNK elements:
+
+        for q_1..q_{n-1}:  for qo (independent):  for k:  for qi (lanes):  dX[g, q] += v
+
+    Chunks of q write disjoint columns of dX, so qo can run in parallel (the reductions k must
+    stay serial: two k may hit the same row), and qi walks contiguous elements of one row.  A
+    last chunk that runs past the extent is guarded (and qi is then not marked as lanes).  Where a
+    reduction's extent depends on q_last, the plain order: for q: for k: add."""
+    if not qs or any(qs[-1].var in free_vars(e) for _, e in red):    # k's extent needs q_last
+        for k, extent in reversed(list(red)):
+            add = _loop(k, extent, add)
+        for iv in reversed(list(qs)):
+            add = _loop(iv.var, iv.dom.extent, add)
+        return add
+    last = qs[-1]
+    extent = last.dom.extent
+    chunk = min(CHUNK, extent.value) if isinstance(extent, tirx.IntImm) else CHUNK
+    exact = isinstance(extent, tirx.IntImm) and extent.value % chunk == 0
+    qo, qi = (Var(last.var.name + s, str(last.var.ty.dtype)) for s in ("_o", "_i"))
+    q = qo * chunk + qi
+    body = substitute(add, {last.var: q}) if exact else \
+        tirx.IfThenElse(q < extent, substitute(add, {last.var: q}), None)
+    nest = _loop(qi, chunk, body, LANES_LOOP if exact else None)
+    for k, k_extent in reversed(list(red)):
+        nest = _loop(k, substitute(k_extent, {last.var: q}), nest)
+    nest = _loop(qo, (extent + chunk - 1) // chunk, nest, INDEPENDENT_LOOP)
+    for iv in reversed(list(qs[:-1])):
+        nest = _loop(iv.var, iv.dom.extent, nest)
+    return nest

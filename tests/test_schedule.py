@@ -176,3 +176,27 @@ def test_cuda_rules_bind_every_block():
         ref = ad.build(list(ad.differentiate(y, [x, w], head=head)), [x, w, head])(xv, wv, hv)
         for a, b in zip(m(xv, wv, hv), ref):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim, vectorized", [(128, True), (130, False)])
+def test_scatter_add_runs_parallel_chunks(dim, vectorized):
+    """The embedding gradient's scatter-add (passes/scatter.py, scheduled by
+    tir/annotated_loops.py): chunks of 64 columns in parallel, each walking contiguous elements
+    of a row (vector lanes when the width is a multiple of 64; guarded otherwise); against numpy's
+    add.at, with repeated ids."""
+    table = te.placeholder((20, dim), name="table")
+    ids = te.placeholder((3, 5), "int32", name="ids")
+    E = topi.take(table, ids, axis=0)
+    H = te.placeholder(E.shape, name="H")
+    (dt,) = ad.differentiate(E, [table], head=H)
+    m = ad.build(dt, [ids, H])
+    script = m.func.script()
+    assert "T.parallel(2)" in script or "T.parallel(3)" in script, script
+    assert ("T.vectorized(64)" in script) == vectorized, script
+    rng = np.random.default_rng(0)
+    i = rng.integers(0, 20, (3, 5)).astype("int32")
+    i[0, :2] = 7
+    h = rng.standard_normal((3, 5, dim)).astype("float32")
+    want = np.zeros((20, dim), "float32")
+    np.add.at(want, i, h)
+    np.testing.assert_allclose(m(i, h), want, rtol=1e-6, atol=1e-6)

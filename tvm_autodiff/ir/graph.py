@@ -19,6 +19,11 @@ TENSOR_LOAD = "te.tensor_load"
 # The tag of the scatter-add extern ops that zero elimination builds (passes/scatter.py), so that
 # differentiate() can say where one came from.
 SCATTER_TAG = "tvm_autodiff.scatter_add"
+# Loop annotations of hand-built loop nests (the scatter-add's), which the schedule cannot reach
+# with its primitives: INDEPENDENT marks a loop whose iterations write disjoint elements, LANES
+# a constant-extent inner loop over contiguous elements (tir/annotated_loops.py).
+INDEPENDENT_LOOP = "tvm_autodiff.independent"
+LANES_LOOP = "tvm_autodiff.lanes"
 
 
 def same_tensor(a: te.Tensor, b: te.Tensor) -> bool:

@@ -12,7 +12,7 @@ import warnings
 import tvm
 from tvm import s_tir, tirx
 
-from ..tir import flatten_windows, hoist_invariant_factors
+from ..tir import flatten_windows, hoist_invariant_factors, schedule_annotated_loops
 from .analysis import block_infos
 from .cpu_matmul import DotTile, MatmulTile
 from .cpu_rows import Nested, ParallelOuter, Prescheduled, ReductionLanes, Rows
@@ -29,6 +29,7 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target, vectorize: bool
     every loop scalar: LLVM has no vector form of some intrinsics (e.g. sinh), which only shows
     when compiling (docs/tvm-0.27.md, "no vector form of some intrinsics")."""
     config = CpuConfig.of(target, vectorize)
+    func = schedule_annotated_loops(func, vectorize)
     sch = s_tir.Schedule(flatten_windows(func, config.row_lanes))
     sch, inlined = inline_injective(sch, config)
     if vectorize:
