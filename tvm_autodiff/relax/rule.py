@@ -26,6 +26,7 @@ An output field whose gradient is `relax.zeros` (unused by the loss) is left out
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import tvm
 import tvm_ffi
@@ -177,27 +178,51 @@ def primal_gradient(orig_var, orig_call, output_grad, ctx: relax.BlockBuilder) -
         raise
 
 
-def _gradient(orig_var, orig_call, output_grad, ctx: relax.BlockBuilder) -> list:
-    op_name = orig_call.op.name
-    leaves = _Leaves(orig_call, ctx)
-    floats = [t for t in leaves.relax_of if is_float(t)]
-    out_grads = _used_output_grads(orig_var, output_grad, ctx)
-    if not floats or all(g is None for g in out_grads):
-        return _result(orig_call, leaves, TensorMap(), ctx)
-    forward = replay(orig_call, leaves.values)
+@dataclass
+class TEGradient:
+    """The TE of one op's gradient kernel (steps 1-4 of the module docstring)."""
+    forward: list       # the forward outputs the legalization computes
+    inputs: list        # the float argument placeholders, in the order of `grads`
+    heads: list         # per output field: its gradient's placeholder, None when unused
+    stand_ins: list     # per output field: the placeholder standing for that field of orig_var
+    grads: list         # the gradients of `inputs`, reading `stand_ins` instead of `forward`
+
+
+def _te_gradient(call: relax.Call, leaves: _Leaves, out_types: list, used: list) -> TEGradient:
+    op_name = call.op.name
+    forward = replay(call, leaves.values)
     outputs = [forward] if isinstance(forward, te.Tensor) else forward
-    out_vars = [orig_var] if len(outputs) == 1 else _fields(orig_var, ctx)
-    heads = [None if g is None else _placeholder(g.ty, f"grad{j}", op_name) for j, g in enumerate(out_grads)]
-    stand_ins = [_placeholder(v.ty, f"out{j}", op_name) for j, v in enumerate(out_vars)]
-    grads = _forward_reads(_total(op_name, outputs, heads, floats), outputs, stand_ins)
+    inputs = [t for t in leaves.relax_of if is_float(t)]
+    heads = [_placeholder(ty, f"grad{j}", op_name) if u else None for j, (ty, u) in enumerate(zip(out_types, used))]
+    stand_ins = [_placeholder(ty, f"out{j}", op_name) for j, ty in enumerate(out_types)]
+    grads = _forward_reads(_total(op_name, outputs, heads, inputs), outputs, stand_ins)
+    return TEGradient(outputs, inputs, heads, stand_ins, grads)
+
+
+def gradient_te(call: relax.Call) -> TEGradient:
+    """The TE gradient kernel the rule emits for `call` (tensor arguments, every float output
+    used): for inspecting it, e.g. with tvm_autodiff.work."""
+    ty = call.ty if call.ty is not None else relax.BlockBuilder().normalize(call).ty
+    out_types = [ty] if isinstance(ty, relax.TensorType) else list(ty.fields)
+    return _te_gradient(call, _Leaves(call, None), out_types, [is_float(str(t.dtype)) for t in out_types])
+
+
+def _gradient(orig_var, orig_call, output_grad, ctx: relax.BlockBuilder) -> list:
+    leaves = _Leaves(orig_call, ctx)
+    out_grads = _used_output_grads(orig_var, output_grad, ctx)
+    if not any(is_float(t) for t in leaves.relax_of) or all(g is None for g in out_grads):
+        return _result(orig_call, leaves, TensorMap(), ctx)
+    out_vars = [orig_var] if _tensor_type(orig_var) is not None else _fields(orig_var, ctx)
+    kernel = _te_gradient(orig_call, leaves, [v.ty for v in out_vars], [g is not None for g in out_grads])
 
     relax_of = TensorMap(leaves.relax_of.items())
-    relax_of.update((h, g) for h, g in zip(heads, out_grads) if h is not None)
-    relax_of.update(zip(stand_ins, out_vars))
-    params = placeholders(grads)
-    func = te.create_prim_func([*params, *grads]).without_attr("global_symbol").with_attr(GRADIENT_ATTR, op_name)
+    relax_of.update((h, g) for h, g in zip(kernel.heads, out_grads) if h is not None)
+    relax_of.update(zip(kernel.stand_ins, out_vars))
+    params = placeholders(kernel.grads)
+    op_name = orig_call.op.name
+    func = te.create_prim_func([*params, *kernel.grads]).without_attr("global_symbol").with_attr(GRADIENT_ATTR, op_name)
     gv = ctx.add_func(_own_shape_vars(func, params), op_name.split(".")[-1] + "_grad")
-    types = [_tensor_type(leaves.relax_of[x]) for x in floats]
+    types = [_tensor_type(leaves.relax_of[x]) for x in kernel.inputs]
     value = ctx.emit(relax.call_tir(gv, [relax_of[p] for p in params], types if len(types) > 1 else types[0]))
     grad_vars = [value] if len(types) == 1 else [ctx.emit(relax.TupleGetItem(value, i)) for i in range(len(types))]
-    return _result(orig_call, leaves, TensorMap(zip(floats, grad_vars)), ctx)
+    return _result(orig_call, leaves, TensorMap(zip(kernel.inputs, grad_vars)), ctx)

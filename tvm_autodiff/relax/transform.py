@@ -1,6 +1,6 @@
 """The one-call pass, and what the emitted gradient kernels need before tvm.compile.
 
-    Gradient(func, require_grads, target_index, target)   register_gradients() +
+    Gradient(func, require_grads, target_index, target)   (mod) -> register_gradients() +
                                                           relax.transform.Gradient +
                                                           prepare_gradients(·, target)
     prepare_gradients(mod, target=None)                   each PrimFunc that rule.py emitted
@@ -42,20 +42,23 @@ def prepare_gradients(mod: tvm.IRModule, target=None) -> tvm.IRModule:
     return mod
 
 
-def Gradient(func_name: str = "main", require_grads=None, target_index: int = 0, target=None):
-    """relax.transform.Gradient with every op's gradient registered and the kernels prepared: one
-    module pass.  A DifferentiationError from an op's rule comes out as itself (TVM would wrap it
-    in a RuntimeError)."""
-    @tvm.transform.module_pass(opt_level=0, name="tvm_autodiff.relax.Gradient")
-    def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+class Gradient:
+    """relax.transform.Gradient with every op's gradient registered and the kernels prepared, called
+    as a pass is: `Gradient(func, require_grads)(mod)`.  It is a plain callable, not a
+    tvm.transform.Pass, because TVM's FFI turns any exception that leaves a pass into a
+    RuntimeError; this way a DifferentiationError from an op's rule comes out as itself."""
+
+    def __init__(self, func_name: str = "main", require_grads=None, target_index: int = 0, target=None):
+        self.func_name, self.require_grads, self.target_index = func_name, require_grads, target_index
+        self.target = target
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         register_gradients()
         FAILURES.last = None
         try:
-            mod = relax.transform.Gradient(func_name, require_grads, target_index)(mod)
+            mod = relax.transform.Gradient(self.func_name, self.require_grads, self.target_index)(mod)
         except RuntimeError as err:
             if FAILURES.last is not None:
                 raise FAILURES.last from err
             raise
-        return prepare_gradients(mod, target)
-
-    return run
+        return prepare_gradients(mod, self.target)
