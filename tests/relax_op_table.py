@@ -49,6 +49,8 @@ class Case:
 IDX_GE = np.array([[0, 2, 1, 3], [3, 0, 0, 1], [2, 1, 3, 0]], "int64")     # (3, 4) into axis 1 of (3, 4)
 IDX_ND = np.array([[0, 1], [2, 3], [1, 0]], "int64")                       # (3, 2) into (3, 4)
 TORCH_RS = dict(mode="bilinear", align_corners=False)
+ROI = [0, 0.6, 0.7, 3.2, 3.9]          # batch index, then a box inside the 5 x 5 image
+DQ = np.array([[1, -3, 4, 2], [0, 5, -2, 7], [3, 3, -1, 0]], "int8")
 
 
 def _t(a):
@@ -172,4 +174,19 @@ CASES = [
          [(1, 1, 2, 3, 3)], lambda x: F.interpolate(x, (3, 4, 4), mode="trilinear", align_corners=False), tol=1e-5),
     Case("relax.image.grid_sample", lambda x, g: R.image.grid_sample(x, g, align_corners=True), [(1, 2, 3, 4), (1, 2, 3, 2)],
          lambda x, g: F.grid_sample(x, g.permute(0, 2, 3, 1), align_corners=True), -0.9, 0.9),
+    # more shapes, reductions and vision
+    Case("relax.collapse_sum_to", lambda x: R.collapse_sum_to(x, (1, 4)), [(3, 4)], lambda x: x.sum(0, keepdim=True)),
+    Case("relax.collapse_sum_like", R.collapse_sum_like, [(3, 4), (4,)], lambda x, y: x.sum(0) + 0 * y),
+    Case("relax.meshgrid", lambda a, b: R.meshgrid([a, b]), [(3,), (4,)],
+         lambda a, b: torch.meshgrid(a, b, indexing="ij"), fields=(0, 1)),
+    Case("relax.median", lambda x: R.median(x, axis=1), [(3, 5)], lambda x: (torch.median(x, 1).values,), fields=(0,)),
+    Case("relax.eye_like", R.eye_like, [(3, 3)], lambda x: torch.eye(3, dtype=x.dtype) + 0 * x),
+    Case("relax.image.affine_grid", lambda t: R.image.affine_grid(t, (3, 4)), [(1, 2, 3)], None),
+    Case("relax.vision.roi_align", lambda x: R.vision.roi_align(x, const([ROI]), (2, 2), 1.0, 2), [(1, 2, 5, 5)], None),
+    Case("relax.vision.roi_pool", lambda x: R.vision.roi_pool(x, const([ROI]), (2, 2), 1.0), [(1, 2, 5, 5)], None),
+    Case("relax.dequantize", lambda sc: R.dequantize(ints(DQ, "int8"), sc, ints([0, 1, -1, 2], "int8"), axis=-1),
+         [(4,)], lambda sc: (_t(DQ.astype(F64)) - torch.tensor([0., 1., -1., 2.], dtype=torch.float64)) * sc,
+         0.5, 2.0, dtype="float32"),
+    Case("relax.vision.multibox_transform_loc", R.vision.multibox_transform_loc, [(1, 2, 4), (1, 16), (1, 4, 4)],
+         None, 0.1, 0.9, fields=(0, 1)),
 ]

@@ -26,6 +26,10 @@ def _has(op_name: str, attr: str) -> bool:
     return tvm.ir.Op.get(op_name).get_attr(attr) is not None
 
 
+# The Relax ops that have a gradient before this package registers any (TVM's own).
+TVM_GRADIENTS = frozenset(n for n in tvm.ir.Op.list_op_names() if n.startswith("relax.") and _has(n, GRADIENT))
+
+
 def candidates() -> list[str]:
     """Every Relax op with a legalization, except the Gradient pass's own relax.grad.* ops."""
     return sorted(n for n in tvm.ir.Op.list_op_names()
