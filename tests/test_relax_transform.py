@@ -91,6 +91,8 @@ def test_dynamic_batch_gradients_at_two_batch_sizes_from_one_module():
     mod = ar.backbone(mod)       # the 1-tuple output as a scalar
     ar.register_gradients(override=["relax.mean"])
     mod = ar.Gradient("backbone", require_grads=mod["backbone"].params[2:], target="llvm")(mod)
+    kernels = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc) and ar.GRADIENT_ATTR in (f.attrs or {})]
+    assert kernels and all(f.attrs[ar.SCHEDULE_ATTR] == "plain" for f in kernels)   # symbolic: not timed
     vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
     rng = np.random.default_rng(3)
     for n in (3, 7):

@@ -5,8 +5,15 @@
                                                           prepare_gradients(·, target)
     prepare_gradients(mod, target=None)                   each PrimFunc that rule.py emitted
                                                           (marked GRADIENT_ATTR): the default
-                                                          schedule of `target` (none when None),
-                                                          then guard_indices
+                                                          schedule of `target` where it is
+                                                          measured faster (none when target is
+                                                          None), then guard_indices
+
+Scheduling every kernel made a small transformer's training step 1.4x slower (the parallel loops
+of tiny kernels cost more than they save), so on CPU each kernel keeps the schedule only if it
+runs faster than the plain loops, timed on random inputs; a kernel with symbolic shapes cannot be
+timed and keeps its plain loops, and one whose schedule does not compile as well.  CUDA kernels
+always get the GPU schedule (unscheduled CUDA code runs on the host).
 
 guard_indices hides the load indices that TVM 0.27 miscompiles (README, "Building, scheduling,
 tuning, CUDA"); TVM's own gradient kernels are left as they are.  After SetupTrainer (which runs
@@ -14,21 +21,45 @@ relax.transform.Gradient itself) call prepare_gradients on the train module.
 """
 from __future__ import annotations
 
+import warnings
+
 import tvm
 from tvm import relax, tirx
 
 from ..compile import resolve_target
 from ..schedule import schedule_cpu, schedule_gpu
 from ..tir import guard_indices
+from ..tuning import measure
 from .register import register_gradients
 from .rule import FAILURES, GRADIENT_ATTR
 
 
+# Each prepared kernel says which it runs: "default" (the schedule) or "plain" (the loops).
+SCHEDULE_ATTR = "tvm_autodiff.schedule"
+# The schedule must win clearly: timing microsecond kernels on a busy machine is noisy.
+_MARGIN = 0.9
+
+
+def _static(func: tirx.PrimFunc) -> bool:
+    return all(isinstance(d, tirx.IntImm) for p in func.params for d in p.shape)
+
+
 def _schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
-    """The project's default schedule of a gradient kernel for `target` (GPU for CUDA)."""
+    """The kernel the train step runs (module docstring): GPU schedule for CUDA; on CPU the
+    default schedule if measured faster than the plain loops."""
     if target.kind.name == "cuda":
-        return schedule_gpu(func, target).func
-    return schedule_cpu(func, target).func
+        return guard_indices(schedule_gpu(func, target).func).with_attr(SCHEDULE_ATTR, "default")
+    plain = guard_indices(func).with_attr(SCHEDULE_ATTR, "plain")
+    if not _static(func):
+        return plain
+    scheduled = guard_indices(schedule_cpu(func, target).func).with_attr(SCHEDULE_ATTR, "default")
+    try:
+        fast = measure(scheduled, target, repeat=3)
+    except (RuntimeError, ValueError) as err:
+        warnings.warn(f"prepare_gradients: the default schedule of {func.attrs[GRADIENT_ATTR]}'s gradient "
+                      f"does not compile ({str(err).splitlines()[-1][:200]}); it keeps plain loops")
+        return plain
+    return scheduled if fast < _MARGIN * measure(plain, target, repeat=3) else plain
 
 
 def prepare_gradients(mod: tvm.IRModule, target=None) -> tvm.IRModule:
@@ -38,7 +69,7 @@ def prepare_gradients(mod: tvm.IRModule, target=None) -> tvm.IRModule:
     mod = mod.clone()
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tirx.PrimFunc) and func.attrs is not None and GRADIENT_ATTR in func.attrs:
-            mod[gv] = guard_indices(func if target is None else _schedule(func, target))
+            mod[gv] = guard_indices(func) if target is None else _schedule(func, target)
     return mod
 
 
