@@ -28,6 +28,8 @@ def _has(op_name: str, attr: str) -> bool:
 
 # The Relax ops that have a gradient before this package registers any (TVM's own).
 TVM_GRADIENTS = frozenset(n for n in tvm.ir.Op.list_op_names() if n.startswith("relax.") and _has(n, GRADIENT))
+# The ops whose gradient is ours (TVM refuses a second registration at the same level).
+OURS: set = set()
 
 
 def candidates() -> list[str]:
@@ -54,11 +56,14 @@ def register_gradients(ops=None, override=()) -> list[str]:
     wanted = allowed if ops is None else _check(ops, "ops", allowed)
     registered = []
     for name in sorted(set(wanted) | set(override)):
+        if name in OURS:
+            continue
         if name in override:
             tvm.ir.register_op_attr(name, GRADIENT, primal_gradient, _LEVEL)
         elif not _has(name, GRADIENT):
             tvm.ir.register_op_attr(name, GRADIENT, primal_gradient)
         else:
             continue
+        OURS.add(name)
         registered.append(name)
     return registered
