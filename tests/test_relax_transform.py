@@ -149,3 +149,21 @@ def test_registration_keeps_tvm_gradients_unless_overridden():
     np.testing.assert_allclose(_run(mod, a)[1][0], t.grad.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ad.DifferentiationError, match="relax.nn.gelux"):
         ar.register_gradients(ops=["relax.nn.gelux"])
+
+
+def test_cuda_kernels_get_the_gpu_schedule_and_compile():
+    """For a CUDA target every kernel of ours gets the GPU schedule (unscheduled CUDA code would
+    run on the host), and the module compiles; running it needs a GPU (tests/test_cuda.py)."""
+    x, g, b = _var("x", (8, 16)), _var("g", (16,)), _var("b", (16,))
+    mod = _module([x, g, b], lambda bb, x, g, b: R.nn.layer_norm(R.nn.gelu(x), g, b, [-1]))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    mod = ar.Gradient("main", target=target)(mod)
+    kernels = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc) and ar.GRADIENT_ATTR in (f.attrs or {})]
+    assert len(kernels) == 2 and all(f.attrs[ar.SCHEDULE_ATTR] == "default" for f in kernels)
+    module, kinds = tvm.compile(mod, target=target).mod, []
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        kinds.append(m.kind)
+        stack.extend(m.imports)
+    assert "cuda" in kinds
