@@ -1,11 +1,12 @@
 """Where a per-kernel build starts to pay: build time and step time of one PrimFunc
 (`build(kernels="one")`) against one kernel per op (`kernels="many"`), for MLP training graphs of
 growing depth (ReLU dense layers, sum-of-squares loss, all weight gradients; batch 32, width 128)
-and the LeNet step of benchmarks/ops.py.  It chose `AUTO_KERNELS` in tvm_autodiff/compile.py.
+and the LeNet step of benchmarks/ops.py.  With the kernel counts it prints (all and distinct),
+these chose `AUTO_KERNELS` and the distinct-kernel rule in tvm_autodiff/compile.py.
 
     python benchmarks/kernels_threshold.py [mlp1 mlp2 mlp4 mlp6 mlp8 mlp12 lenet]
 
-Prints one line per graph: kernels, then build s and best-of-3 step ms for each mode.
+Prints one line per graph: kernels (distinct), then build s and best-of-3 step ms for each mode.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 from tvm import te, topi
 
 import tvm_autodiff as ad
-from tvm_autodiff.kernels import partition
+from tvm_autodiff.ir.reductions import fold_where_init
+from tvm_autodiff.kernels import distinct, partition
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ops import lenet_step  # noqa: E402  (benchmarks/ is not a package)
@@ -44,7 +46,8 @@ def main(names):
     rng = np.random.default_rng(0)
     for name in names:
         outputs, inputs = graph(name)
-        row = [name, f"{len(partition(outputs))} kernels"]
+        parts = partition(fold_where_init(outputs)[0])
+        row = [name, f"{len(parts)} kernels, {distinct(parts)} distinct"]
         for mode in ("one", "many"):
             start = time.perf_counter()
             m = ad.build(outputs, inputs, kernels=mode)

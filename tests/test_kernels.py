@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from tvm import te, topi
@@ -18,7 +20,7 @@ from tvm import te, topi
 import tvm_autodiff as ad
 from gradcheck import check_grad
 from tvm_autodiff.compile import AUTO_KERNELS
-from tvm_autodiff.kernels import MAX_KERNEL_OPS, partition
+from tvm_autodiff.kernels import MAX_KERNEL_OPS, distinct, partition
 
 F64 = "float64"
 
@@ -129,8 +131,26 @@ def test_auto_builds_small_graphs_as_one_primfunc():
     assert one.module is None and one.calls == {"main": 1} and set(one.kernels) == {"main"}
     loss, weights, xs = lstm(4)
     grads = ad.differentiate(loss, weights)
-    assert len(partition(list(grads))) >= AUTO_KERNELS
+    parts = partition(list(grads))
+    assert len(parts) >= AUTO_KERNELS and 3 * distinct(parts) <= len(parts)
     assert ad.build([loss, *grads], xs + weights).module is not None
+
+
+def test_auto_keeps_distinct_kernels_in_one_primfunc():
+    """40 consumers of X scaled by 40 constants: many kernels, but nearly all distinct, which one
+    PrimFunc compiles faster (README, the kernels table)."""
+    X = te.placeholder((4, 4), F64, name="X")
+    terms = [te.compute(X.shape, (lambda c: lambda a, b: te.sin(X[a, b] * c))(1 + i / 100), name=f"y{i}")
+             for i in range(40)]
+    loss = topi.sum(functools.reduce(topi.add, terms))
+    (dX,) = ad.differentiate(loss, [X])
+    parts = partition([dX])
+    assert len(parts) >= AUTO_KERNELS and 3 * distinct(parts) > len(parts)
+    m = ad.build(dX, [X])
+    assert m.module is None
+    x = np.random.default_rng(4).uniform(-1, 1, (4, 4))
+    np.testing.assert_allclose(m(x), sum((1 + i / 100) * np.cos((1 + i / 100) * x) for i in range(40)),
+                               rtol=1e-12)
 
 
 def test_many_is_refused_where_the_vm_cannot_take_the_graph():

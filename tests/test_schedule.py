@@ -110,8 +110,8 @@ class _Buggy(ScheduleRule):
 
 
 def test_tvm_refusal_warns_and_falls_back():
-    x = te.placeholder((64,), name="X")
-    y = te.compute((64,), lambda i: x[i] * 2.0, name="Y")
+    x = te.placeholder((8192,), name="X")
+    y = te.compute((8192,), lambda i: x[i] * 2.0, name="Y")
     sch, infos = _schedule_of([y], [x])
     config = CpuConfig.of(cpu_target())
     with pytest.warns(UserWarning, match="block 'Y': rule refused planned but TVM refused it"):
@@ -120,8 +120,8 @@ def test_tvm_refusal_warns_and_falls_back():
     assert choice.declined[0][0] == "refused" and choice.declined[0][1].startswith("ScheduleError")
     assert "T.parallel" in sch.mod["main"].script()
     m = tvm.compile(sch.mod["main"], target="llvm")
-    xv = rand(64)
-    out = tvm.runtime.tensor(np.zeros(64, "float32"))
+    xv = rand(8192)
+    out = tvm.runtime.tensor(np.zeros(8192, "float32"))
     m(tvm.runtime.tensor(xv), out)
     np.testing.assert_allclose(out.numpy(), 2 * xv)
 
@@ -200,3 +200,39 @@ def test_scatter_add_runs_parallel_chunks(dim, vectorized):
     want = np.zeros((20, dim), "float32")
     np.add.at(want, i, h)
     np.testing.assert_allclose(m(i, h), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, parallel", [(16, False), (256, True)])
+def test_small_blocks_run_serially(n, parallel):
+    """A parallel loop costs more than it saves below MIN_PARALLEL_VOLUME iterations
+    (schedule/target.py): a 16x16 elementwise block stays serial, a 256x256 one is parallel."""
+    from tvm_autodiff.schedule.target import MIN_PARALLEL_VOLUME
+    assert 16 * 16 < MIN_PARALLEL_VOLUME <= 256 * 256
+    x = te.placeholder((n, n), name="X")
+    m = ad.build(te.compute((n, n), lambda i, j: te.exp(x[i, j]), name="E"), [x])
+    assert ("T.parallel" in m.func.script()) == parallel
+    xv = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
+    np.testing.assert_allclose(m(xv), np.exp(xv), rtol=1e-6)
+
+
+def test_vectorized_select_of_a_stack_buffer():
+    """docs/tvm-0.27.md, "vectorized selects of stack buffers": TVM miscompiles the repro; the
+    row rule leaves such a serial block scalar, and the build is right."""
+    A0 = te.placeholder((3, 3), "float64", name="A0")
+    A = te.compute((3, 3), lambda i, j: te.exp(A0[i, j]), name="A")
+    A2 = te.compute((3, 3), lambda i, j: A[i, j] * A[i, j], name="A2")     # A is read twice: kept
+    C = te.compute((3, 4), lambda i, j: tvm.tirx.Select(2 <= j, A2[i, tvm.tirx.max(j - 2, 0)] + A[i, 0],
+                                                        tvm.tirx.const(0.0, "float64")), name="C")
+    sch = s_tir.Schedule(te.create_prim_func([A0, C]))
+    sch.vectorize(sch.get_loops(sch.get_sblock("C"))[1])
+    raw = tvm.compile(sch.mod["main"], ad.compile.resolve_target("llvm"))
+    a0 = np.arange(9.0).reshape(3, 3) / 9
+    a = np.exp(a0)
+    want = np.zeros((3, 4))
+    want[:, 2:] = a[:, :2] ** 2 + a[:, :1]
+    got = tvm.runtime.tensor(np.zeros((3, 4)))
+    raw(tvm.runtime.tensor(a0), got)
+    assert not np.allclose(got.numpy(), want)          # TVM's behaviour, as documented
+    m = ad.build(C, [A0])
+    assert "T.vectorized" not in m.func.script() or "T.parallel" in m.func.script()
+    np.testing.assert_allclose(m(a0), want, rtol=1e-13)

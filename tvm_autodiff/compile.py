@@ -31,7 +31,7 @@ from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
 from .kernel_module import VMProgram, kernel_module, lower_kernels, replace_kernels
-from .kernels import partition, partitionable
+from .kernels import distinct, partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
 from .tir import guard_indices
 
@@ -497,9 +497,11 @@ def _inputs(outputs: list, inputs) -> list:
     return inputs
 
 
-# A graph of at least this many kernels builds per kernel under kernels="auto": below it one
-# PrimFunc compiles faster and runs without the VM (measured: README, "Building, scheduling,
-# tuning, CUDA").
+# kernels="auto" builds per kernel a graph of at least AUTO_KERNELS kernels of which at most a
+# third are distinct: LLVM compiles each distinct kernel as a function of its own (about 0.1 s each
+# here), so per-kernel pays where kernels repeat (unrolled steps, layers of one shape) and one
+# PrimFunc, whose compile time grows superlinearly, is large (measured: README, "Building,
+# scheduling, tuning, CUDA").
 AUTO_KERNELS = 24
 _KERNELS = ("auto", "one", "many")
 
@@ -522,7 +524,9 @@ def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target
                                        f"only, as {why}; use kernels='one' or 'auto'")
         return None
     parts = partition(lowered)
-    return parts if kernels == "many" or len(parts) >= AUTO_KERNELS else None
+    if kernels == "many":
+        return parts
+    return parts if len(parts) >= AUTO_KERNELS and 3 * distinct(parts) <= len(parts) else None
 
 
 def build(outputs, inputs=None, target="llvm", schedule: str | None = "default", *,
@@ -542,7 +546,8 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
         `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
     kernels: "one" (one PrimFunc for everything), "many" (a Relax module of one kernel per op
         with its single-use injective producers, `tvm_autodiff.kernels`; run on the Relax VM), or
-        "auto" (many for CPU graphs of at least AUTO_KERNELS kernels, else one).
+        "auto" (many for CPU graphs of at least AUTO_KERNELS kernels that repeat, see
+        AUTO_KERNELS; else one).
     """
     single = isinstance(outputs, te.Tensor)
     outputs = _outputs(outputs)

@@ -52,7 +52,7 @@ def kernel_module(kernels: list[Kernel], inputs: list, outputs: list) -> tuple[t
     with bb.function("main", [values[t] for t in inputs]):
         with bb.dataflow():
             for kernel in kernels:
-                gv = bb.add_func(kernel.prim_func().without_attr("global_symbol"), kernel.root.name)
+                gv = bb.add_func(kernel.prim_func.without_attr("global_symbol"), kernel.root.name)
                 calls[gv.name_hint] += 1
                 outs = kernel.outputs
                 types = [_tensor_type(t) for t in outs]

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
+import tvm_ffi
 from tvm import te
 
 from .ir.graph import TensorMap, bodies_reading, compute_op, ops_post_order, outputs_of
@@ -53,6 +55,7 @@ class Kernel:
     def outputs(self) -> list[te.Tensor]:
         return outputs_of(self.root)
 
+    @cached_property
     def prim_func(self):
         """The kernel as a PrimFunc over fresh placeholders for its inputs: (inputs..., outputs...)."""
         mapping = TensorMap((t, te.placeholder(t.shape, str(t.dtype), name=t.op.name))
@@ -116,3 +119,8 @@ def partition(outputs) -> list[Kernel]:
             reads = TensorMap((t, None) for o in ops for t in o.input_tensors if t.op not in inside)
             kernels.append(Kernel(tuple(ops), tuple(reads)))
     return kernels
+
+
+def distinct(kernels: list[Kernel]) -> int:
+    """How many of `kernels` differ structurally (identical ones compile to one PrimFunc)."""
+    return len({tvm_ffi.StructuralKey(k.prim_func) for k in kernels})

@@ -21,6 +21,17 @@ def _has_negative_divisor(stmt) -> bool:
     return tvm_ffi.structural_walk(stmt, [(tirx.FloorDiv, visit), (tirx.FloorMod, visit)]) is not None
 
 
+def _selects_local_loads(stmt, params) -> bool:
+    """Whether a branch of a select loads a buffer that is not a parameter (an intermediate the
+    function allocates): see `BlockInfo.selects_local`."""
+    def branch_loads_local(e):
+        found = [l for b in (e.true_value, e.false_value) for l in loads(b)
+                 if not any(l.source.same_as(p) for p in params)]
+        return tvm_ffi.VisitInterrupt(True) if found else None
+
+    return tvm_ffi.structural_walk(stmt, (tirx.Select, branch_loads_local)) is not None
+
+
 @dataclass(frozen=True, eq=False)
 class BlockInfo:
     """One block of a PrimFunc, as the rules see it.
@@ -28,8 +39,10 @@ class BlockInfo:
     top_level: directly under the root block (its loops are the function's).  is_output: writes a
     function parameter, so it must not be inlined away.  has_children: holds nested blocks (a
     window reduction that was not flattened).  expensive: calls one of tir.nodes.EXPENSIVE.
-    copy_like: see `_is_copy_like`.  negative_div: divides by a negative constant, which TVM's
-    simplifier rewrites wrongly once loops are fused or split."""
+    negative_div: divides by a negative constant, which TVM's simplifier rewrites wrongly once
+    loops are fused or split.  selects_local: a select loads an intermediate buffer, which TVM
+    0.27 miscompiles in a vectorized loop outside a parallel one (docs/tvm-0.27.md, "vectorized
+    selects of stack buffers")."""
     name: str
     top_level: bool
     iter_vars: tuple
@@ -42,6 +55,7 @@ class BlockInfo:
     has_init: bool
     expensive: bool
     negative_div: bool
+    selects_local: bool = False
 
     @staticmethod
     def of(realize, top_level: bool, params) -> "BlockInfo":
@@ -54,7 +68,8 @@ class BlockInfo:
             has_children=contains_block(block.body),
             is_reduction=any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars),
             has_init=block.init is not None, expensive=has_expensive_call(block.body),
-            negative_div=_has_negative_divisor(realize))
+            negative_div=_has_negative_divisor(realize),
+            selects_local=_selects_local_loads(block.body, params))
 
     @property
     def injective(self) -> bool:

@@ -156,7 +156,8 @@ class MatmulTile(_TileRule):
         sch.reorder(*outer, *reduction, ii, ji)
         if plan.packed is not None:
             pfused = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
-            sch.parallel(pfused)
+            if config.parallel_pays(info):
+                sch.parallel(pfused)
             fused = io
             index = next(n for n, r in enumerate(sch.get(block).reads) if r.source.same_as(plan.packed))
             packed = sch.cache_read(block, index, "global", consumer_blocks=[block])
@@ -164,7 +165,8 @@ class MatmulTile(_TileRule):
             sch.vectorize(sch.get_loops(packed)[-1])
         else:
             fused = sch.fuse(*outer)
-            sch.parallel(fused)
+            if config.parallel_pays(info):
+                sch.parallel(fused)
         wb = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(wb, fused)
         wb_loops = sch.get_loops(wb)[1:]
@@ -247,7 +249,8 @@ class DotTile(_TileRule):
         sch.reorder(*outer, *reduction[:-1], ko, ii, ji, ki)
         fused = sch.fuse(*outer)
         rf = sch.rfactor(ki, factor_axis=len(info.writes[0].region))
-        sch.parallel(fused)
+        if config.parallel_pays(info):
+            sch.parallel(fused)
         sch.compute_at(rf, fused)
         sch.set_scope(rf, 0, "local")
         self._tile_partial_sums(sch, rf)

@@ -98,6 +98,8 @@ class Rows(ScheduleRule):
         extents, variables = [l.extent for l in spatial], [l.var for l in spatial]
         plan = RowPlan()
         lanes = config.row_lanes(info.dtype) if len(info.writes) == 1 else 0
+        if info.selects_local and not config.parallel_pays(info):
+            lanes = 0       # docs/tvm-0.27.md, "vectorized selects of stack buffers"
         if spatial and lanes and not info.has_children:
             var, extent = spatial[-1].var, spatial[-1].extent
             factor = extent and vector_factor(extent, lanes)
@@ -141,7 +143,8 @@ class Rows(ScheduleRule):
         # recompute every index with div/mod from one fused counter (3x slower on an argmax pool).
         if not inner and len(spatial) > 2:
             spatial = spatial[:-1]
-        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+        if config.parallel_pays(info):
+            sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
         if tile:
             sch.unroll(tile[0])
         for loop, unroll in moved:
@@ -186,7 +189,8 @@ class ReductionLanes(ScheduleRule):
             spatial = [sch.add_unit_loop(block)]
         outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         rf = sch.rfactor(ki, factor_axis=len(info.writes[0].region))
-        sch.parallel(outer)
+        if config.parallel_pays(info):
+            sch.parallel(outer)
         sch.compute_at(rf, outer)
         # Under `outer`, the only spatial loop of the partial-sum block is the lanes loop.
         rf_rvs = sch.get_loops(rf)[1:]
@@ -255,4 +259,5 @@ class ParallelOuter(ScheduleRule):
 
     def apply(self, sch, info, n, config):
         loops = sch.get_loops(sch.get_sblock(info.name))
-        sch.parallel(sch.fuse(*loops[:n]) if n > 1 else loops[0])
+        if config.parallel_pays(info):
+            sch.parallel(sch.fuse(*loops[:n]) if n > 1 else loops[0])
