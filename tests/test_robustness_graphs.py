@@ -71,9 +71,12 @@ def test_data_dependent_conditions():
     check_grad(y, [x, w])
 
 
-def test_threads_share_a_compiled_function():
+@pytest.mark.parametrize("kernels", ["one", "many"])
+def test_threads_share_a_compiled_function(kernels):
+    """8 threads call one compiled function at once (a per-kernel build's Relax VM takes them in
+    turn), each with its own data."""
     x, s = softplus_sum((6, 16), "float64")
-    m = ad.build([s, *ad.differentiate(s, [x])], [x])
+    m = ad.build([s, *ad.differentiate(s, [x])], [x], kernels=kernels)
     inputs = [RNG.uniform(-1, 1, (6, 16)) for _ in range(8)]
     results = [None] * len(inputs)
 

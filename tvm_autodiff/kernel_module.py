@@ -4,12 +4,13 @@
                                      K of `kernels.partition`, in topological order
 
 Each distinct kernel PrimFunc (structurally: the identical steps of an unrolled recurrence are
-one) is scheduled once (`lower_kernels`, by the caller's rule) and compiled once.  TVM's Relax pipeline then
-plans the intermediate tensors' memory (StaticPlanBlockMemory) and frees each after its last use;
-it fuses nothing, because the kernels are already fused (kernels.py).
+one) is scheduled once (`lower_kernels`, by the caller's rule) and compiled once.  TVM's Relax
+pipeline then plans the intermediate tensors' memory (StaticPlanBlockMemory) and frees each after
+its last use; it fuses nothing, because the kernels are already fused (kernels.py).
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Callable
 
@@ -83,21 +84,26 @@ def replace_kernels(mod: tvm.IRModule, scheduled: dict) -> tvm.IRModule:
 
 class VMProgram:
     """The compiled module's `main` on the Relax VM, called as a one-PrimFunc executable is:
-    `program(*inputs, *outputs)` computes into the output tensors."""
+    `program(*inputs, *outputs)` computes into the output tensors.  A VM keeps its registers and
+    memory pool in itself, so calls from several threads take turns (a lock); a one-PrimFunc
+    executable has no such state."""
 
     def __init__(self, executable, device, n_inputs: int):
         self.executable, self.device, self.n_inputs = executable, device, n_inputs
         self.vm = relax.VirtualMachine(executable, device)
+        self.lock = threading.Lock()
 
     def __call__(self, *args):
-        results = self.vm["main"](*args[:self.n_inputs])
-        for out, value in zip(args[self.n_inputs:], results):
-            out.copyfrom(value)
+        with self.lock:
+            results = self.vm["main"](*args[:self.n_inputs])
+            for out, value in zip(args[self.n_inputs:], results):
+                out.copyfrom(value)
 
     def time(self, args, device, **timer) -> float:
         """Median seconds of one `main` call on the VM (the outputs' copies excluded)."""
         timer = self.vm.time_evaluator("main", device, **timer)
-        return float(timer(*args[:self.n_inputs]).median)
+        with self.lock:
+            return float(timer(*args[:self.n_inputs]).median)
 
     def source(self, cuda: bool) -> str:
         """The LLVM IR of the kernels (CPU builds only)."""
