@@ -3,8 +3,9 @@
 tvm_autodiff.relax, against the same steps in torch: losses and parameters to 1e-5 relative."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 import tvm
@@ -17,6 +18,7 @@ from tvm.relax.training import loss as relax_loss
 from tvm.relax.training import optimizer as relax_optimizer
 
 import tvm_autodiff.relax as ar
+from test_tutorials import run_tutorial
 
 STEPS = 5
 LR = 0.05
@@ -70,9 +72,9 @@ def check_training(make_model, example, batches, loss, loss_args, torch_loss):
 
 
 class MLP(nn.Module):
-    def __init__(self):
+    def __init__(self, d_in=6, hidden=8, d_out=3):
         super().__init__()
-        self.l1, self.l2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.l1, self.l2 = nn.Linear(d_in, hidden), nn.Linear(hidden, d_out)
 
     def forward(self, x):
         return self.l2(F.gelu(self.l1(x)))
@@ -92,11 +94,11 @@ def test_mlp_trains_as_in_torch():
 
 
 class CNN(nn.Module):
-    def __init__(self):
+    def __init__(self, c_in=2, channels=4, size=6, classes=5):
         super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)   # a bias before BatchNorm has gradient 0
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4 * 3 * 3, 5)
+        self.conv = nn.Conv2d(c_in, channels, 3, padding=1, bias=False)   # a bias before BatchNorm has gradient 0
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels * (size // 2) ** 2, classes)
 
     def forward(self, x):
         return self.fc(torch.flatten(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2), 1))
@@ -114,10 +116,10 @@ class TinyLM(nn.Module):
     """Embedding, one pre-norm attention block (scaled_dot_product_attention), a GELU MLP, and
     F.cross_entropy of the next token (imported as log_softmax, gather_elements and squeeze)."""
 
-    def __init__(self, vocab=11, dim=8, heads=2):
+    def __init__(self, vocab=11, dim=8, heads=2, seq=6):
         super().__init__()
         self.heads = heads
-        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Parameter(torch.randn(6, dim) * 0.1)
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Parameter(torch.randn(seq, dim) * 0.1)
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         # The key's bias has gradient 0 (softmax ignores a constant per row), and Adam would turn
         # its float32 noise into lr-sized steps in torch and TVM alike.
@@ -147,3 +149,13 @@ def test_transformer_lm_trains_as_in_torch():
     example = (torch.zeros(3, 6, dtype=torch.int64), torch.zeros(3, 6, dtype=torch.int64))
     check_training(TinyLM, example, batches, ar.ModelLoss(), [relax.TensorType((), "float32")],
                    lambda loss: loss)
+
+
+def test_tutorial_06_relax_training_fast_mode(tmp_path):
+    """tutorials/06_relax_training.py in fast mode: its own asserts compare the losses with
+    torch's; here the loss falls and the plot exists."""
+    out = run_tutorial("06_relax_training.py", tmp_path)
+    assert "OK the Relax training matches torch's losses" in out
+    result = dict(re.findall(r"(\w+)=([\d.]+)", re.search(r"^RESULT lm (.*)$", out, re.M).group(1)))
+    assert float(result["last_loss"]) < float(result["first_loss"])
+    assert (tmp_path / "06_relax_training.png").stat().st_size > 0

@@ -3,8 +3,9 @@
     Gradient(func, require_grads, target_index, target)   (mod) -> register_gradients() +
                                                           relax.transform.Gradient +
                                                           prepare_gradients(·, target)
-    prepare_gradients(mod, target=None)                   each PrimFunc that rule.py emitted
-                                                          (marked GRADIENT_ATTR): the default
+    prepare_gradients(mod, target=None, kernels="ours")   each PrimFunc that rule.py emitted
+                                                          (marked GRADIENT_ATTR; "all": every
+                                                          PrimFunc not prepared yet): the default
                                                           schedule of `target` where it is
                                                           measured faster (none when target is
                                                           None), then guard_indices
@@ -16,7 +17,8 @@ timed and keeps its plain loops, and one whose schedule does not compile as well
 always get the GPU schedule (unscheduled CUDA code runs on the host).
 
 guard_indices hides the load indices that TVM 0.27 miscompiles (README, "Building, scheduling,
-tuning, CUDA"); TVM's own gradient kernels are left as they are.  After SetupTrainer (which runs
+tuning, CUDA"); other kernels (TVM's gradients, the legalized forward) are left as they are unless
+kernels="all".  After SetupTrainer (which runs
 relax.transform.Gradient itself) call prepare_gradients on the train module.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _static(func: tirx.PrimFunc) -> bool:
     return all(isinstance(d, tirx.IntImm) for p in func.params for d in p.shape)
 
 
-def _schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
+def _schedule(func: tirx.PrimFunc, target, name: str) -> tirx.PrimFunc:
     """The kernel the train step runs (module docstring): GPU schedule for CUDA; on CPU the
     default schedule if measured faster than the plain loops."""
     if target.kind.name == "cuda":
@@ -56,20 +58,24 @@ def _schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
     try:
         fast = measure(scheduled, target, repeat=3)
     except (RuntimeError, ValueError) as err:
-        warnings.warn(f"prepare_gradients: the default schedule of {func.attrs[GRADIENT_ATTR]}'s gradient "
-                      f"does not compile ({str(err).splitlines()[-1][:200]}); it keeps plain loops")
+        warnings.warn(f"prepare_gradients: the default schedule of kernel {name!r} does not compile ({str(err).splitlines()[-1][:200]}); it keeps plain loops")
         return plain
     return scheduled if fast < _MARGIN * measure(plain, target, repeat=3) else plain
 
 
-def prepare_gradients(mod: tvm.IRModule, target=None) -> tvm.IRModule:
-    """`mod` with its tvm_autodiff gradient kernels scheduled for `target` (if given) and their
-    indices guarded (module docstring)."""
+def prepare_gradients(mod: tvm.IRModule, target=None, kernels: str = "ours") -> tvm.IRModule:
+    """`mod` with its tvm_autodiff gradient kernels (kernels="all": every PrimFunc, e.g. the
+    legalized forward and TVM's own gradients of a SetupTrainer module) scheduled for `target`
+    (if given) and their indices guarded (module docstring)."""
+    if kernels not in ("ours", "all"):
+        raise ValueError(f"prepare_gradients: kernels must be 'ours' or 'all', not {kernels!r}")
     target = None if target is None else resolve_target(target)
     mod = mod.clone()
     for gv, func in list(mod.functions.items()):
-        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and GRADIENT_ATTR in func.attrs:
-            mod[gv] = guard_indices(func) if target is None else _schedule(func, target)
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and SCHEDULE_ATTR in func.attrs:
+            continue
+        if kernels == "all" or func.attrs is not None and GRADIENT_ATTR in func.attrs:
+            mod[gv] = guard_indices(func) if target is None else _schedule(func, target, gv.name_hint)
     return mod
 
 
