@@ -116,3 +116,47 @@ if __name__ == "__main__":      # the coverage numbers for the README
     for op, reason in report["leftovers"].items():
         print(f"  {op}: {reason}")
     print(f"not differentiable: {len(NOT_DIFFERENTIABLE)}; no working TE legalization: {dict(NO_TE_LEGALIZATION)}")
+
+
+# Cases whose first input's leading dimension can be any batch: run with it symbolic.
+SYMBOLIC = ["nn.gelu", "nn.softplus", "nn.layer_norm", "nn.rms_norm", "nn.conv1d", "nn.max_pool1d",
+            "nn.avg_pool1d", "nn.adaptive_avg_pool1d", "nn.attention", "nn.prelu", "std", "max", "flip",
+            "tile", "einsum", "image.resize2d", "nn.conv2d_transpose", "log_add_exp"]
+
+
+@pytest.fixture(scope="module")
+def symbolic_module():
+    """One module: for each SYMBOLIC case, sum(op(x, ...)) with x's first dimension a shape
+    variable of its own, and its adjoint."""
+    ar.register_gradients()
+    cases = {c.id: c for c in CASES}
+    bb = relax.BlockBuilder()
+    for name in SYMBOLIC:
+        case = cases[name]
+        n = tvm.tirx.Var("n", "int64")
+        shapes = [(n, *case.shapes[0][1:]), *case.shapes[1:]]
+        params = [relax.Var(f"x{i}", relax.TensorType(s, case.dtype)) for i, s in enumerate(shapes)]
+        with bb.function(name.replace(".", "_"), params):
+            with bb.dataflow():
+                loss = bb.emit_output(relax.op.sum(case.relax(*params)))
+            bb.emit_func_output(loss)
+    mod = bb.get()
+    for name in SYMBOLIC:
+        mod = ar.Gradient(name.replace(".", "_"), target="llvm")(mod)
+    return cases, relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+
+
+@pytest.mark.parametrize("name", SYMBOLIC)
+def test_symbolic_batch_gradient_at_two_sizes(symbolic_module, name):
+    cases, vm = symbolic_module
+    case, rng = cases[name], np.random.default_rng(1)
+    for batch in (1, 3):
+        shapes = [(batch, *case.shapes[0][1:]), *case.shapes[1:]]
+        inputs = [rng.uniform(case.low, case.high, s).astype(case.dtype) for s in shapes]
+        _, grads = vm[name.replace(".", "_") + "_adjoint"](*[tvm.runtime.tensor(x) for x in inputs])
+        xs = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in inputs]
+        expected = torch.autograd.grad(case.torch(*xs).sum(), xs)
+        tol = case.tol or (1e-4 if case.dtype != F64 else 1e-7)
+        for i, (g, e) in enumerate(zip(grads, expected)):
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=tol, atol=tol,
+                                       err_msg=f"{name} at batch {batch}: gradient of input {i}")
