@@ -94,7 +94,7 @@ def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
 
     Chunks of q write disjoint columns of dX, so qo can run in parallel (the reductions k must
     stay serial: two k may hit the same row), and qi walks contiguous elements of one row.  A
-    last chunk that runs past the extent is guarded (and qi is then not marked as lanes).  Where a
+    last chunk that runs past the extent is guarded.  Where a
     reduction's extent depends on q_last, the plain order: for q: for k: add."""
     if not qs or any(qs[-1].var in free_vars(e) for _, e in red):    # k's extent needs q_last
         for k, extent in reversed(list(red)):
@@ -110,7 +110,7 @@ def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
     q = qo * chunk + qi
     body = substitute(add, {last.var: q}) if exact else \
         tirx.IfThenElse(q < extent, substitute(add, {last.var: q}), None)
-    nest = _loop(qi, chunk, body, LANES_LOOP if exact else None)
+    nest = _loop(qi, chunk, body, LANES_LOOP)
     for k, k_extent in reversed(list(red)):
         nest = _loop(k, substitute(k_extent, {last.var: q}), nest)
     nest = _loop(qo, (extent + chunk - 1) // chunk, nest, INDEPENDENT_LOOP)

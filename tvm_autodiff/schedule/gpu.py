@@ -9,8 +9,11 @@ return a function with one.
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
+
+from ..tir import bind_annotated_loops
 
 from .analysis import block_infos, block_loops
 from .inline import inline_injective
@@ -19,7 +22,12 @@ from .target import GpuConfig
 
 
 def _thread_bound(sch: s_tir.Schedule, block) -> bool:
-    """Whether `block` already runs inside a thread-bound loop (its own or an ancestor's)."""
+    """Whether `block` already runs inside a thread-bound loop (its own or an ancestor's), or
+    binds threads in its body (a hand-built loop nest, tir/annotated_loops.py)."""
+    inner = tvm_ffi.structural_walk(sch.get(block).body, (tirx.For, lambda l: tvm_ffi.VisitInterrupt(True)
+                                                         if l.thread_binding is not None else None))
+    if inner is not None:
+        return True
     sref = sch.get_sref(block).parent
     while sref is not None:
         stmt = sref.stmt
@@ -98,7 +106,11 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target, cross_thread: b
     """The GPU schedule of `func` (module docstring) as a `Scheduled`; raises RuntimeError when a
     top-level block is left without threads."""
     config = GpuConfig.of(target)
-    func, chosen, declined = _dlight(_with_root(func), target, cross_thread)
+    bound = bind_annotated_loops(_with_root(func))
+    bound_sch = s_tir.Schedule(bound)
+    annotated = {i.name for i in block_infos(bound)
+                 if i.top_level and _thread_bound(bound_sch, bound_sch.get_sblock(i.name))}
+    func, chosen, declined = _dlight(bound, target, cross_thread)
     sch = s_tir.Schedule(func)
     inlined = {}
     if chosen is None:
@@ -106,6 +118,9 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target, cross_thread: b
     choices = [c for c in inlined.values() if c.rule is not None]
     for info in block_infos(sch.mod["main"]):
         if not info.top_level:
+            continue
+        if info.name in annotated:      # a hand-built nest, bound by tir/annotated_loops.py
+            choices.append(Choice(info.name, "annotated-loops"))
             continue
         if _thread_bound(sch, sch.get_sblock(info.name)):
             choices.append(Choice(info.name, chosen, tuple(declined)))

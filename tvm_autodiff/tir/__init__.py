@@ -1,8 +1,8 @@
 """TIR rewrites that run between `te.create_prim_func` and the schedule rules, or just before
 compiling: each a pure function PrimFunc -> PrimFunc whose module docstring states its rewrite."""
-from .annotated_loops import schedule_annotated_loops
+from .annotated_loops import bind_annotated_loops, schedule_annotated_loops
 from .factor_blocks import hoist_invariant_factors
 from .flatten_windows import flatten_windows
 from .index_guard import guard_indices
 
-__all__ = ["flatten_windows", "guard_indices", "hoist_invariant_factors", "schedule_annotated_loops"]
+__all__ = ["bind_annotated_loops", "flatten_windows", "guard_indices", "hoist_invariant_factors", "schedule_annotated_loops"]
