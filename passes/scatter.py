@@ -65,10 +65,7 @@ def scatter_add(name: str, axes: Sequence[tirx.IterVar], o: Var, g, red: Sequenc
         as_buffer = lambda e: tvm_ffi.structural_map(
             e, (Call, lambda c: tirx.BufferLoad(buffers[c.args[0]], list(c.args[1:])) if is_load(c) else c))
         # Zero the output, then add every term at its data-dependent position.
-        zvars = [Var(iv.var.name + "_z", str(iv.var.ty.dtype)) for iv in axes]
-        zero = tirx.BufferStore(out, tirx.const(0, dtype), zvars)
-        for n, (v, iv) in reversed(list(enumerate(zip(zvars, axes)))):
-            zero = _loop(v, iv.dom.extent, zero, INDEPENDENT_LOOP if n == 0 else None)
+        zero = _zero_nest(out, axes, dtype)
         index = [as_buffer(g) if iv.var.same_as(o) else iv.var for iv in axes]
         index = [cast(i, str(iv.var.ty.dtype)) for i, iv in zip(index, axes)]
         add = tirx.BufferStore(out, tirx.BufferLoad(out, index) + as_buffer(value), index)
@@ -87,6 +84,32 @@ def _loop(var, extent, body, annotation=None):
                     annotations=None if annotation is None else {annotation: 1})
 
 
+def _chunked(store, var: Var, extent):
+    """The chunk loops of `var` in [0, extent), C = CHUNK elements each: (qo, its extent, the
+    lanes loop `for qi: store[var := qo·C + qi]` (guarded past the extent), and qo·C + qi)."""
+    chunk = min(CHUNK, extent.value) if isinstance(extent, tirx.IntImm) else CHUNK
+    exact = isinstance(extent, tirx.IntImm) and extent.value % chunk == 0
+    qo, qi = (Var(var.name + s, str(var.ty.dtype)) for s in ("_o", "_i"))
+    q = qo * chunk + qi
+    body = substitute(store, {var: q}) if exact else \
+        tirx.IfThenElse(q < extent, substitute(store, {var: q}), None)
+    return qo, (extent + chunk - 1) // chunk, _loop(qi, chunk, body, LANES_LOOP), q
+
+
+def _zero_nest(out, axes: Sequence[tirx.IterVar], dtype: str):
+    """out = 0, as: for the first axis (independent): for the middle axes: for chunks of the last
+    axis: for its lanes."""
+    zvars = [Var(iv.var.name + "_z", str(iv.var.ty.dtype)) for iv in axes]
+    zero = tirx.BufferStore(out, tirx.const(0, dtype), zvars)
+    if len(axes) < 2:
+        return _loop(zvars[0], axes[0].dom.extent, zero, INDEPENDENT_LOOP) if axes else zero
+    qo, chunks, nest, _ = _chunked(zero, zvars[-1], axes[-1].dom.extent)
+    nest = _loop(qo, chunks, nest)
+    for n, (v, iv) in reversed(list(enumerate(zip(zvars[:-1], axes[:-1])))):
+        nest = _loop(v, iv.dom.extent, nest, INDEPENDENT_LOOP if n == 0 else None)
+    return nest
+
+
 def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
     """The loops of the adds.  With q_last = qo·C + qi split in chunks of C = CHUNK elements:
 
@@ -103,17 +126,10 @@ def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
             add = _loop(iv.var, iv.dom.extent, add)
         return add
     last = qs[-1]
-    extent = last.dom.extent
-    chunk = min(CHUNK, extent.value) if isinstance(extent, tirx.IntImm) else CHUNK
-    exact = isinstance(extent, tirx.IntImm) and extent.value % chunk == 0
-    qo, qi = (Var(last.var.name + s, str(last.var.ty.dtype)) for s in ("_o", "_i"))
-    q = qo * chunk + qi
-    body = substitute(add, {last.var: q}) if exact else \
-        tirx.IfThenElse(q < extent, substitute(add, {last.var: q}), None)
-    nest = _loop(qi, chunk, body, LANES_LOOP)
+    qo, chunks, nest, q = _chunked(add, last.var, last.dom.extent)
     for k, k_extent in reversed(list(red)):
         nest = _loop(k, substitute(k_extent, {last.var: q}), nest)
-    nest = _loop(qo, (extent + chunk - 1) // chunk, nest, INDEPENDENT_LOOP)
+    nest = _loop(qo, chunks, nest, INDEPENDENT_LOOP)
     for iv in reversed(list(qs[:-1])):
         nest = _loop(iv.var, iv.dom.extent, nest)
     return nest

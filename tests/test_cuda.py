@@ -25,12 +25,21 @@ GPU = tvm.cuda(0).exist
 NVCC_EVERY = 12
 
 
+def single_threaded_loops(source: str) -> list:
+    """The kernels of CUDA C `source` that loop without using threadIdx: each of their blocks
+    runs its loops in one thread."""
+    kernels = source.split('extern "C" __global__')[1:]
+    return [k.split("(")[0] for k in kernels if "{" in k and "threadIdx" not in k
+            and "for (" in k[k.index("{"):]]
+
+
 @pytest.mark.parametrize("cid", IDS)
 def test_gradient_builds_for_cuda(cid):
     c = differentiated(cid)
     params = placeholders([c.out]) + [c.head]
     m = ad.build(c.opt, params, target="cuda")
     assert "__global__ void" in m.source, cid
+    assert not single_threaded_loops(m.source), cid
     assert gpu_limits_ok(m.func, m.target, max_threads_per_block=1024)
     if IDS.index(cid) % NVCC_EVERY == 0 and shutil.which("nvcc"):
         assert len(ad.compile_ptx(m)) > 0
