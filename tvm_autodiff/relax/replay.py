@@ -90,7 +90,7 @@ class Recorder:
 
     def emit(self, expr, name_hint: str = ""):
         """Binding a replayed value (a token, a field of one, a tuple of them) keeps it a stand-in."""
-        token = relax.Var(name_hint or "bound", expr.ty if expr.ty is not None else None)
+        token = relax.Var(name_hint or "bound", expr.ty)
         self.values[token] = self.te_value(expr)
         return token
 
@@ -116,7 +116,7 @@ def replay(call: relax.Call, values: dict):
         raise DifferentiationError(f"{name} has no legalization (FLegalize) to differentiate")
     recorder = Recorder(name, dict(values))
     result = legalize(recorder, call)
-    if result is call or isinstance(result, relax.Call):
+    if isinstance(result, relax.Call):     # not legalized (left as is, or rewritten to other ops)
         recorder._refuse(f"emits {result.op.name if isinstance(result.op, tvm.ir.Op) else 'a call'}"
                          " (not a call_te)")
     value = recorder.te_value(result)

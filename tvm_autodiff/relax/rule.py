@@ -44,6 +44,7 @@ _ZEROS = tvm.ir.Op.get("relax.zeros")
 
 
 def _tensor_type(expr) -> relax.TensorType | None:
+    """expr's tensor type, or None for shapes, tuples, PrimValues (they get no placeholder)."""
     ty = expr.ty
     return ty if isinstance(ty, relax.TensorType) else None
 
@@ -51,7 +52,7 @@ def _tensor_type(expr) -> relax.TensorType | None:
 def _placeholder(ty: relax.TensorType, name: str, op_name: str) -> te.Tensor:
     """A placeholder shaped like a Relax tensor type; a shape Relax does not know is refused."""
     if not isinstance(ty.shape, relax.ShapeExpr):
-        raise DifferentiationError(f"{op_name}: argument {name!r} has no known shape ({ty}); "
+        raise DifferentiationError(f"{op_name}: tensor {name!r} has no known shape ({ty}); "
                                    "match_cast it to a shape with symbolic dimensions first")
     return te.placeholder(list(ty.shape.values), str(ty.dtype), name=name)
 
@@ -102,7 +103,9 @@ def _used_output_grads(orig_var, output_grad, ctx) -> list:
 
 
 def _forward_reads(grads: list, outputs: list, stand_ins: list) -> list:
-    """`grads` reading the placeholders `stand_ins` where they read the forward `outputs`."""
+    """`grads` reading the placeholders `stand_ins` where they read the forward `outputs` (step 4
+    of the module docstring).  An output of a multi-output TE op stays as it is: a placeholder
+    cannot replace one output of an op whose other outputs the gradient may read."""
     replace = TensorMap((y, p) for y, p in zip(outputs, stand_ins) if not isinstance(y.op, te.PlaceholderOp))
 
     def rewrite(op, bodies):

@@ -28,12 +28,14 @@ def backbone(mod: tvm.IRModule, num_states: int = 0, func: str = "main") -> tvm.
                                    "with from_exported_program(..., keep_params_as_input=True)")
     num_input = int(f.attrs["num_input"])
     body, ret_ty = f.body, f.ret_ty
+    if len(body.blocks) != 1 or not isinstance(body.blocks[0], relax.DataflowBlock):
+        raise DifferentiationError(f"backbone: {func!r} must be one dataflow block, as SetupTrainer "
+                                   f"requires (it has {len(body.blocks)} blocks)")
     if isinstance(ret_ty, relax.TupleType) and len(ret_ty.fields) == 1:
         # SetupTrainer wants one dataflow block, so the field is read inside it.
         ret_ty = ret_ty.fields[0]
         out_var = relax.Var("output", ret_ty)
-        (block,) = body.blocks
-        bindings = list(block.bindings) + [relax.VarBinding(out_var, relax.TupleGetItem(body.body, 0))]
+        bindings = list(body.blocks[0].bindings) + [relax.VarBinding(out_var, relax.TupleGetItem(body.body, 0))]
         body = relax.SeqExpr([relax.DataflowBlock(bindings)], out_var)
     new = relax.Function(f.params, body, ret_ty, f.is_pure, f.attrs).with_attr("global_symbol", "backbone")
     out = tvm.IRModule({gv: g for gv, g in mod.functions.items() if gv.name_hint != func})
@@ -52,7 +54,7 @@ class ModelLoss(loss.Loss):
         bb = relax.BlockBuilder()
         value = relax.Var("predictions", predictions)
         with bb.function(self._loss_name, [value]):
-            with bb.dataflow():
+            with bb.dataflow():     # + 0: the identity, bound as the block's output
                 out = bb.emit_output(relax.op.add(value, relax.const(0, str(predictions.dtype.dtype))))
             bb.emit_func_output(out)
         return bb.get()[self._loss_name]

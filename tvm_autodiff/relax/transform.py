@@ -43,6 +43,7 @@ _MARGIN = 0.9
 
 
 def _static(func: tirx.PrimFunc) -> bool:
+    """Whether every buffer of func has a constant shape (only such kernels can be timed)."""
     return all(isinstance(d, tirx.IntImm) for p in func.params for d in p.shape)
 
 
@@ -58,7 +59,8 @@ def _schedule(func: tirx.PrimFunc, target, name: str) -> tirx.PrimFunc:
     try:
         fast = measure(scheduled, target, repeat=3)
     except (RuntimeError, ValueError) as err:
-        warnings.warn(f"prepare_gradients: the default schedule of kernel {name!r} does not compile ({str(err).splitlines()[-1][:200]}); it keeps plain loops")
+        warnings.warn(f"prepare_gradients: the default schedule of kernel {name!r} does not compile "
+                      f"({str(err).splitlines()[-1][:200]}); it keeps plain loops")
         return plain
     return scheduled if fast < _MARGIN * measure(plain, target, repeat=3) else plain
 
