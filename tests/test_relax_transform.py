@@ -167,3 +167,21 @@ def test_cuda_kernels_get_the_gpu_schedule_and_compile():
         kinds.append(m.kind)
         stack.extend(m.imports)
     assert "cuda" in kinds
+
+
+def test_prepare_every_kernel_keeps_the_numbers():
+    """kernels="all" also schedules the legalized forward and TVM's gradients (matmul here),
+    each where timed faster; the gradients stay those of the plain module."""
+    x, w = _var("x", (16, 32)), _var("w", (32, 24))
+    body = lambda bb, x, w: R.nn.gelu(R.matmul(x, w))     # noqa: E731
+    mod = relax.transform.LegalizeOps()(ar.Gradient("main")(_module([x, w], body)))
+    prepared = ar.prepare_gradients(mod, "llvm", kernels="all")
+    kernels = [f for f in prepared.functions.values() if isinstance(f, tirx.PrimFunc)]
+    assert len(kernels) > 2 and all(f.attrs[ar.SCHEDULE_ATTR] in ("default", "plain") for f in kernels)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((16, 32)).astype("float32"), rng.standard_normal((32, 24)).astype("float32")
+    (_, plain), (_, ours) = _run(mod, a, b), _run(prepared, a, b)
+    for p, o in zip(plain, ours):
+        np.testing.assert_allclose(o, p, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="'ours' or 'all'"):
+        ar.prepare_gradients(mod, "llvm", kernels="every")
