@@ -236,3 +236,21 @@ def test_vectorized_select_of_a_stack_buffer():
     m = ad.build(C, [A0])
     assert "T.vectorized" not in m.func.script() or "T.parallel" in m.func.script()
     np.testing.assert_allclose(m(a0), want, rtol=1e-13)
+
+
+def test_strided_window_is_padded_to_its_largest_extent():
+    """A stride-2 3x3 conv's input gradient has windows of 1 or 2 taps per axis; the flattened
+    window (tir/flatten_windows.py) takes the exact largest extent, 2 (the analyzer's bound, 4,
+    made 16 taps of 4 real ones): 2 x 2 x 2 channels x 162 outputs, against 576 unscheduled."""
+    X = te.placeholder((1, 2, 9, 9), name="X")
+    W = te.placeholder((2, 2, 3, 3), name="W")
+    Y = topi.nn.conv2d(X, W, 2, 0, 1)
+    H = te.placeholder(Y.shape, name="H")
+    (dX,) = ad.differentiate(Y, [X], head=H)
+    m = ad.build(dX, [W, H])
+    work = ad.scheduled_work(m)
+    update = next(v for k, v in work.per_block.items() if k.endswith("_update"))
+    assert update[0] == 2 * 2 * 2 * 162
+    rng = np.random.default_rng(0)
+    w, h = rng.standard_normal((2, 2, 3, 3)).astype("float32"), rng.standard_normal((1, 2, 4, 4)).astype("float32")
+    np.testing.assert_allclose(m(w, h), ad.build(dX, [W, H], schedule=None)(w, h), rtol=1e-5, atol=1e-6)

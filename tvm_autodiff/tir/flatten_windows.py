@@ -19,12 +19,15 @@ regions and a guard-free interior (`window_partition.partition`).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from typing import Callable, Optional
 
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from ..ir.expr import free_vars
 from .guarded_update import Guard, guarded
 from .nodes import is_true, loop_nest, peel_loops, rename, root_statements, with_root_body
 from .window_partition import partition
@@ -56,9 +59,12 @@ def _padded_axes(block, loops, ana):
     guard conjuncts r < extent that the analyzer cannot prove; and the substitution.  None when a
     loop's extent is unbounded or wider than MAX_FLAT_EXTENT."""
     new_ivs, conds, sub = [], [], {}
+    domains = {iv.var: iv.dom for iv in block.iter_vars}
     for loop in loops:
         ext, lo = rename(loop.extent, sub), rename(loop.min, sub)
-        bound = ana.const_int_bound(ext).max_value
+        bound = _largest(ext, domains)
+        if bound is None:
+            bound = ana.const_int_bound(ext).max_value
         if bound <= 0 or bound > MAX_FLAT_EXTENT:
             return None
         r = tirx.Var(loop.loop_var.name + "_flat", loop.loop_var.ty.dtype)
@@ -70,6 +76,46 @@ def _padded_axes(block, loops, ana):
         if not ana.can_prove(ext >= bound):
             conds.append(r < ext)
     return new_ivs, conds, sub
+
+
+# Largest number of iteration points over which `_largest` evaluates an extent exactly.
+MAX_ENUMERATED = 4096
+
+_EVAL = {tirx.Add: lambda a, b: a + b, tirx.Sub: lambda a, b: a - b, tirx.Mul: lambda a, b: a * b,
+         tirx.FloorDiv: lambda a, b: a // b, tirx.FloorMod: lambda a, b: a % b,
+         tirx.Min: min, tirx.Max: max}
+
+
+def _evaluate(e, env: dict) -> int:
+    """Integer expression e at the point env ({Var: int}); KeyError for a node it does not know."""
+    if isinstance(e, tirx.IntImm):
+        return e.value
+    if isinstance(e, tirx.Var):
+        return env[e]
+    return _EVAL[type(e)](_evaluate(e.a, env), _evaluate(e.b, env))
+
+
+def _largest(extent, domains: dict):
+    """The exact maximum of `extent` over the block's iteration domain, by evaluating it at every
+    point of the variables it uses (at most MAX_ENUMERATED), or None.  The analyzer's bound treats
+    min, max and floordiv terms separately: a stride-2 conv's input-gradient window,
+    min(0, k//2 + 1 - k) + 1 - max(-3, -(k//2)), has at most 2 taps but a bound of 4, which padded
+    its window to 16 taps instead of 4."""
+    names = [v for v in free_vars(extent) if v in domains]
+    if len(names) != len(free_vars(extent)):
+        return None
+    ranges = []
+    for v in names:
+        dom = domains[v]
+        if not (isinstance(dom.min, tirx.IntImm) and isinstance(dom.extent, tirx.IntImm)):
+            return None
+        ranges.append(range(dom.min.value, dom.min.value + dom.extent.value))
+    if math.prod(len(r) for r in ranges) > MAX_ENUMERATED:
+        return None
+    try:
+        return max(_evaluate(extent, dict(zip(names, point))) for point in itertools.product(*ranges))
+    except KeyError:
+        return None
 
 
 def _flatten_one(realize, guards: dict):
