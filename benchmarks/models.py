@@ -87,9 +87,9 @@ def prepare(name, quick):
     return model, [model.loss, *grads], time.perf_counter() - t0
 
 
-def check(name, quick, threads, kernels="auto"):
-    """Build the step, compare it with PyTorch's; returns (model, outputs, compiled, torch step,
-    max relative error) for timing."""
+def check(name, quick, threads):
+    """Build the step and compare it with PyTorch's (emitting the build time and the error);
+    returns (model, outputs, compiled, torch step) for timing."""
     import torch
 
     import tvm_autodiff as ad
@@ -98,11 +98,11 @@ def check(name, quick, threads, kernels="auto"):
     model, outputs, diff_s = prepare(name, quick)
     _emit(diff_s=diff_s)
     t0 = time.perf_counter()
-    compiled = ad.build(outputs, model.inputs, kernels=kernels)
+    compiled = ad.build(outputs, model.inputs, kernels=model.kernels)
     _emit(build_s=time.perf_counter() - t0)
-    kernels = getattr(compiled, "calls", None)
-    if kernels is not None:
-        _emit(kernels=f"{sum(kernels.values())} ({len(kernels)})")
+    calls = getattr(compiled, "calls", None)
+    if calls is not None:
+        _emit(kernels=f"{sum(calls.values())} ({len(calls)})")
     tensors = [torch.from_numpy(a) for a in model.data]
     leaves = [t.clone().requires_grad_(p in model.wrt) for p, t in zip(model.inputs, tensors)]
     wrt = [leaves[model.inputs.index(p)] for p in model.wrt]
@@ -129,7 +129,7 @@ def worker(args):
     _emit(ms=compiled.time(*model.data, number=1, repeat=7, min_repeat_ms=20) * 1e3)
     if args.tune:
         try:
-            tuned = ad.build(outputs, model.inputs, schedule="tune", trials=args.trials)
+            tuned = ad.build(outputs, model.inputs, schedule="tune", trials=args.trials, kernels=model.kernels)
             _emit(tuned_ms=tuned.time(*model.data, number=1, repeat=7, min_repeat_ms=20) * 1e3)
         except RuntimeError as err:   # e.g. meta_schedule finds no valid schedule at all
             _emit(tune_error=str(err).split(":")[0])
