@@ -117,19 +117,24 @@ def _add_nest(add, qs: Sequence[tirx.IterVar], red: Sequence[tuple]):
 
     Chunks of q write disjoint columns of dX, so qo can run in parallel (the reductions k must
     stay serial: two k may hit the same row), and qi walks contiguous elements of one row.  A
-    last chunk that runs past the extent is guarded.  Where a
-    reduction's extent depends on q_last, the plain order: for q: for k: add."""
-    if not qs or any(qs[-1].var in free_vars(e) for _, e in red):    # k's extent needs q_last
-        for k, extent in reversed(list(red)):
+    last chunk that runs past the extent is guarded.  Where a reduction's extent depends on
+    q_last, the plain order: for q: for k: add.  Every loop gets a fresh variable: two scatters of
+    one graph share the adjoint's axis variables, and one PrimFunc may define a variable once."""
+    fresh = {v: Var(v.name, str(v.ty.dtype)) for v in [iv.var for iv in qs] + [k for k, _ in red]}
+    add = substitute(add, fresh)
+    qs = [(fresh[iv.var], iv.dom.extent) for iv in qs]
+    red = [(fresh[k], substitute(e, fresh)) for k, e in red]
+    if not qs or any(qs[-1][0] in free_vars(e) for _, e in red):    # k's extent needs q_last
+        for k, extent in reversed(red):
             add = _loop(k, extent, add)
-        for iv in reversed(list(qs)):
-            add = _loop(iv.var, iv.dom.extent, add)
+        for v, extent in reversed(qs):
+            add = _loop(v, extent, add)
         return add
-    last = qs[-1]
-    qo, chunks, nest, q = _chunked(add, last.var, last.dom.extent)
-    for k, k_extent in reversed(list(red)):
-        nest = _loop(k, substitute(k_extent, {last.var: q}), nest)
+    last, last_extent = qs[-1]
+    qo, chunks, nest, q = _chunked(add, last, last_extent)
+    for k, k_extent in reversed(red):
+        nest = _loop(k, substitute(k_extent, {last: q}), nest)
     nest = _loop(qo, chunks, nest, INDEPENDENT_LOOP)
-    for iv in reversed(list(qs[:-1])):
-        nest = _loop(iv.var, iv.dom.extent, nest)
+    for v, extent in reversed(qs[:-1]):
+        nest = _loop(v, extent, nest)
     return nest

@@ -93,3 +93,26 @@ def test_threads_share_a_compiled_function(kernels):
         ref_value, ref_grad = softplus_reference(xv)
         np.testing.assert_allclose(value, ref_value, rtol=1e-12)
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", ["one", "many"])
+def test_two_gathers_from_one_table(kernels):
+    """Two data-dependent reads of a 3-d table make two scatter-adds in the gradient; as one
+    PrimFunc they once defined the same loop variable twice (ill-formed TIR).  Against numpy."""
+    from tvm import topi
+    W = te.placeholder((2, 4, 3), "float64", name="W")
+    I = te.placeholder((2, 5), "int32", name="I")
+    out = te.compute((2, 5), lambda n, p: W[n, I[n, p], p // 2] + W[n, I[n, p] + 1, p // 2] * 2.0,
+                     name="out")
+    loss = topi.sum(out)
+    m = ad.build([loss, *ad.differentiate(loss, [W])], [W, I], kernels=kernels)
+    w, i = RNG.standard_normal((2, 4, 3)), RNG.integers(0, 3, (2, 5)).astype("int32")
+    value, grad = m(w, i)
+    want = np.zeros_like(w)
+    for n in range(2):
+        for p in range(5):
+            want[n, i[n, p], p // 2] += 1.0
+            want[n, i[n, p] + 1, p // 2] += 2.0
+    np.testing.assert_allclose(grad, want, rtol=1e-13)
+    np.testing.assert_allclose(value, sum(w[n, i[n, p], p // 2] + 2 * w[n, i[n, p] + 1, p // 2]
+                                          for n in range(2) for p in range(5)), rtol=1e-13)
