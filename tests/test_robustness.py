@@ -3,8 +3,9 @@ hang or exhaust memory.
 
 Risky cases run in a worker process (this file run as a script) under a memory limit
 (RLIMIT_AS) and a per-case time limit, so that a regression fails its test instead of killing the
-test run; see `run_isolated`.  A section registers its cases with `@isolated(...)` and reads their
-outcomes from one `run_isolated` call shared by its tests (one worker start for the section).
+test run; see `run_isolated`.  A section registers its cases with `@isolated(...)`; one
+`run_isolated` call runs every section's cases (one worker start), and `test_isolated_case` reads
+each outcome.
 
 Sections:
 - topi ops that the op table (tests/op_table.py) does not cover: gradients against float64
@@ -370,17 +371,6 @@ def pool3d_avg():
     check_grad(topi.nn.pool3d(x, (2, 2, 2), (1, 1, 1), (1, 1, 1), (1,) * 6, "avg"), [x])
 
 
-@pytest.fixture(scope="module")
-def topi_outcomes():
-    return run_isolated(TOPI_CASES)
-
-
-@pytest.mark.parametrize("name", TOPI_CASES)
-def test_topi_op(name, topi_outcomes):
-    outcome = topi_outcomes[name]
-    assert outcome.ok, outcome.detail
-
-
 # -- deep graphs ------------------------------------------------------------------------------------
 
 # (TE op, numpy op, numpy derivative): each derivative is near 1, so that products over 100 ops
@@ -453,14 +443,16 @@ def deep_chain_100_values():
 DEEP_CASES = ["deep_chain_1000", "deep_chain_100_values"]
 
 
+# -- the isolated cases of the sections above, in one worker ---------------------------------------
+
 @pytest.fixture(scope="module")
-def deep_outcomes():
-    return run_isolated(DEEP_CASES)
+def outcomes():
+    return run_isolated(TOPI_CASES + DEEP_CASES)
 
 
-@pytest.mark.parametrize("name", DEEP_CASES)
-def test_deep_graph(name, deep_outcomes):
-    outcome = deep_outcomes[name]
+@pytest.mark.parametrize("name", TOPI_CASES + DEEP_CASES)
+def test_isolated_case(name, outcomes):
+    outcome = outcomes[name]
     assert outcome.ok, outcome.detail
 
 
