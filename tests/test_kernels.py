@@ -50,7 +50,9 @@ def test_partition_cuts_long_fused_chains():
 
 
 def lstm(T: int, B: int = 3, I: int = 4, H: int = 3, dtype: str = F64):
-    """An LSTM unrolled T steps with a sum-of-squares loss of the last state; its weights."""
+    """An LSTM unrolled T steps with a sum-of-squares loss of the last state; its weights.  Smaller
+    than tests/test_scheduled_work.py's (3 x 3 states): its blocks run serially, where TVM
+    miscompiled vectorized selects of stack buffers (docs/tvm-0.27.md), which this test caught."""
     xs = [te.placeholder((B, I), dtype, name=f"x{t}") for t in range(T)]
     Wx, Wh = te.placeholder((4 * H, I), dtype, name="Wx"), te.placeholder((4 * H, H), dtype, name="Wh")
     h = c = topi.full((B, H), dtype, 0.0)

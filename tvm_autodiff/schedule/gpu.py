@@ -106,10 +106,13 @@ def schedule_gpu(func: tirx.PrimFunc, target: tvm.target.Target, cross_thread: b
     """The GPU schedule of `func` (module docstring) as a `Scheduled`; raises RuntimeError when a
     top-level block is left without threads."""
     config = GpuConfig.of(target)
-    bound = bind_annotated_loops(_with_root(func))
-    bound_sch = s_tir.Schedule(bound)
-    annotated = {i.name for i in block_infos(bound)
-                 if i.top_level and _thread_bound(bound_sch, bound_sch.get_sblock(i.name))}
+    rooted = _with_root(func)
+    bound = bind_annotated_loops(rooted)
+    annotated = set()
+    if not bound.same_as(rooted):       # only hand-built nests carry annotations
+        bound_sch = s_tir.Schedule(bound)
+        annotated = {i.name for i in block_infos(bound)
+                     if i.top_level and _thread_bound(bound_sch, bound_sch.get_sblock(i.name))}
     func, chosen, declined = _dlight(bound, target, cross_thread)
     sch = s_tir.Schedule(func)
     inlined = {}
