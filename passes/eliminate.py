@@ -43,16 +43,17 @@ from .arguments import operation_set, tensor_list
 from .domain import reduction_domain
 from .nonzero import conjunction, conjuncts, disjoint_dnf, monomials, nonzero, same
 from .padding import padded_window
-from .scatter import scatter_add, scatter_atom
+from .scatter import scatter_add, scatter_atoms
 
 @dataclass(frozen=True)
 class Term:
     """select(cond, Σ_{axes} body, 0) in the outer variables; axes empty for an elementwise term.
-    With `scatter = (o, g)`, the sum also carries the bracket [o == g], g reading tensor data."""
+    With `scatter = ((o, g), ...)`, the sum also carries the brackets [o == g] (scatter.py's
+    `scatter_atoms`: the first g reads tensor data)."""
     cond: object
     axes: tuple      # ((var, extent), ...) deskewed reduce variables, ranging over [0, extent)
     body: object
-    scatter: Optional[tuple[tirx.Var, object]] = None
+    scatter: Optional[tuple[tuple[tirx.Var, object], ...]] = None
 
 
 def _sparse_body(t: te.Tensor, memo: dict):
@@ -231,14 +232,17 @@ def _padded_term(body, box: list) -> Term:
 
 def _scatter_term(box: Box, outer_cond, outer: list) -> Optional[Term]:
     """The box's sum as a scatter-add Term when an atom of its residual is a data-dependent bracket
-    [o == g] on an outer variable o that no extent of the box mentions; else None."""
+    [o == g] on an outer variable o (with it, the further brackets of `scatter_atoms`), and no
+    extent of the box mentions a scattered variable; else None."""
     atoms = conjuncts(box.residual)
-    hit = scatter_atom(atoms, [v for v, _, _ in outer]) if box.axes else None
-    if hit is None or any(hit.var in free_vars(ext) for _, ext in box.axes):
+    hits = scatter_atoms(atoms, [v for v, _, _ in outer]) if box.axes else []
+    hits = [h for h in hits if not any(h.var in free_vars(ext) for _, ext in box.axes)]
+    if not hits or not reads(hits[0].gather):
         return None
-    keep = tirx.all(simplify(outer_cond), *atoms[:hit.index], *atoms[hit.index + 1:])
+    used = {h.index for h in hits}
+    keep = tirx.all(simplify(outer_cond), *(a for n, a in enumerate(atoms) if n not in used))
     body = tirx.Select(keep, box.body, tirx.const(0, str(box.body.ty.dtype)))
-    return Term(TRUE, box.axes, simplify(body), scatter=(hit.var, hit.gather))
+    return Term(TRUE, box.axes, simplify(body), scatter=tuple((h.var, h.gather) for h in hits))
 
 
 def _masked_term(box: Box, outer_cond) -> Term:
@@ -275,9 +279,6 @@ def _in_original_box(atoms: list, value, red: list):
 def _materialize(term: Term, op: te.ComputeOp, name: str) -> te.Tensor:
     """The term's reduction as a tensor over op's axes."""
     axis_vars = [iv.var for iv in op.axis]
-    if term.scatter is not None:
-        o, g = term.scatter
-        return scatter_add(name, op.axis, o, g, term.axes, term.body, str(term.body.ty.dtype))
 
     def body(*idx):
         vmap = dict(zip(axis_vars, idx))
@@ -338,9 +339,14 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True, *,
         t = terms[0]
         axes = [te.reduce_axis((0, ext), name=k.name) for k, ext in t.axes]
         return [te.sum(substitute(t.body, {k: rv.var for (k, _), rv in zip(t.axes, axes)}), axis=axes)]
-    if len(terms) == 1 and terms[0].scatter is not None:
-        return _materialize(terms[0], op, op.name)  # the scatter replaces op itself
-    total = None
+    # The scatter terms add into one tensor (scatter.py's `scatter_add`), which replaces op itself
+    # when no other term is left.
+    scatters = [(t.scatter, t.axes, t.body) for t in terms if t.scatter is not None]
+    terms = [t for t in terms if t.scatter is None]
+    if scatters and not terms:
+        return scatter_add(op.name, op.axis, scatters, dtype)
+    total = scatter_add(f"{op.name}_scatter", op.axis, scatters, dtype)(*[iv.var for iv in op.axis]) \
+        if scatters else None
     for n, t in enumerate(terms):
         value = _materialize(t, op, f"{op.name}_t{n}")(*[iv.var for iv in op.axis]) if t.axes else t.body
         value = value if is_const(t.cond, True) else tirx.Select(t.cond, value, tirx.const(0, dtype))

@@ -116,3 +116,33 @@ def test_two_gathers_from_one_table(kernels):
     np.testing.assert_allclose(grad, want, rtol=1e-13)
     np.testing.assert_allclose(value, sum(w[n, i[n, p], p // 2] + 2 * w[n, i[n, p] + 1, p // 2]
                                           for n in range(2) for p in range(5)), rtol=1e-13)
+
+
+def test_gather_with_float_coordinate_scatters_both_indices():
+    """W[n, c, I[n, y], floor((y + .5) / 4)] (a bilateral grid's read, benchmarks/models_defs.py):
+    the data-dependent index and the floor of a float coordinate, which the index solver cannot
+    invert, are both scattered, so the adjoint's adds run once per (n, c, y) and not once per
+    (n, c, y, column of W).  Against numpy, and the adds counted as scheduled."""
+    from tvm import tirx, topi
+    W = te.placeholder((2, 3, 4, 5), "float64", name="W")
+    I = te.placeholder((2, 16), "int32", name="I")
+
+    def column(y):
+        return te.floor((y.astype("float64") + 0.5) * 0.25).astype("int32")
+
+    out = te.compute((2, 3, 16), lambda n, c, y: W[n, c, I[n, y], column(y)] * tirx.const(1.5, "float64"),
+                     name="out")
+    loss = topi.sum(out * out)
+    (dW,) = ad.differentiate(loss, [W])
+    m = ad.build(dW, [W, I])
+    w, i = RNG.standard_normal((2, 3, 4, 5)), RNG.integers(0, 4, (2, 16)).astype("int32")
+    want = np.zeros_like(w)
+    for n in range(2):
+        for c in range(3):
+            for y in range(16):
+                col = int(np.floor((y + 0.5) * 0.25))
+                want[n, c, i[n, y], col] += 2 * 1.5 * 1.5 * w[n, c, i[n, y], col]
+    np.testing.assert_allclose(m(w, i), want, rtol=1e-13)
+    # out (2·3·16), zeroing dW (2·3·4·5) and one add per (n, c, y); scattering I alone would loop
+    # over the 5 columns of W for every (n, c, y): 2·3·16·5 adds.
+    assert ad.scheduled_work(m).iterations <= 2 * 3 * 16 + 2 * 3 * 4 * 5 + 2 * 3 * 16
