@@ -89,6 +89,7 @@ class MatmulPlan:
     cols: int         # register tile columns (tc)
     lanes: int        # vector lanes per operation
     packed: object    # B's buffer when its column panel is packed, else None
+    row: int          # the spatial loop of the tile rows (the columns are the last)
 
 
 def _matmul_operands(sch, info, ivar, jvar):
@@ -122,17 +123,30 @@ class MatmulTile(_TileRule):
     name = "matmul-tile"
 
     def plan_tile(self, sch, info, config, spatial, reduction):
-        jvar, ivar = spatial[-1].var, spatial[-2].var
-        cols, rows = spatial[-1].extent, spatial[-2].extent
-        if jvar is None or ivar is None:
+        jvar, cols = spatial[-1].var, spatial[-1].extent
+        if jvar is None or any(l.var is None for l in spatial[:-1]):
             return Decline("a tile loop feeds several iter vars")
-        if not cols or not rows or not info.contiguous(jvar):
+        if not cols or not info.contiguous(jvar):
             return Decline("the inner spatial loop is not contiguous")
-        operands = _matmul_operands(sch, info, ivar, jvar)
+        if cols < config.lanes(info.dtype):
+            # A convolution's weight gradient has its kernel width there (3): vectors of 3 lanes.
+            # The dot-product tile takes two wider axes (the channels) instead.
+            return Decline("the inner spatial loop is narrower than a machine vector")
+        # The rows: the innermost other spatial loop that is matmul-like with j, the one before
+        # the columns in a matmul, the output channels in a convolution (whose image rows index
+        # the same operand as its columns).
+        found = None
+        for row in range(len(spatial) - 2, -1, -1):
+            operands = _matmul_operands(sch, info, spatial[row].var, jvar)
+            found = found if isinstance(operands, Decline) and found is not None else (row, operands)
+            if not isinstance(operands, Decline):
+                break
+        row, operands = found
         if isinstance(operands, Decline):
             return operands
         along_j, along_i = operands
-        tile = matmul_tile(rows, cols, config.lanes(info.dtype), config.max_accumulators)
+        rows = spatial[row].extent
+        tile = matmul_tile(rows, cols, config.lanes(info.dtype), config.max_accumulators) if rows else None
         if tile is None:
             return Decline("no register tile divides the output")
         tr, tc, lanes = tile
@@ -142,17 +156,17 @@ class MatmulTile(_TileRule):
         # parallel work.  Not when the rows operand reads the same buffer (Xᵀ·diag(s)·X): the
         # cache would copy all of it per column tile.
         depth = math.prod(l.extent or 0 for l in reduction)
-        tiles = math.prod(l.extent or 0 for l in spatial[:-2]) * (cols // tc)
+        tiles = math.prod(l.extent or 0 for n, l in enumerate(spatial[:-1]) if n != row) * (cols // tc)
         pack = (len(along_j) == 1 and depth * tc * _elem_bytes(info.dtype) > config.l1_bytes
                 and rows // tr >= MIN_ROW_TILES_PER_PANEL and tiles >= MIN_PACKED_TILES
                 and not any(l.source.same_as(along_j[0].source) for l in along_i))
-        return MatmulPlan(tr, tc, lanes, along_j[0].source if pack else None)
+        return MatmulPlan(tr, tc, lanes, along_j[0].source if pack else None, row)
 
     def apply(self, sch, info, plan, config):
         block, spatial, reduction = split_loops(sch, info)
         jo, ji = sch.split(spatial[-1], factors=[None, plan.cols])
-        io, ii = sch.split(spatial[-2], factors=[None, plan.rows])
-        outer = [*spatial[:-2], jo, io]
+        io, ii = sch.split(spatial[plan.row], factors=[None, plan.rows])
+        outer = [*(l for n, l in enumerate(spatial[:-1]) if n != plan.row), jo, io]
         sch.reorder(*outer, *reduction, ii, ji)
         if plan.packed is not None:
             pfused = sch.fuse(*outer[:-1]) if len(outer) > 2 else outer[0]
@@ -188,6 +202,8 @@ class DotPlan:
     rows: int     # tile rows r
     cols: int     # tile columns c
     chunk: int    # lanes per chunk of k
+    row: int      # the spatial loops of the tile's rows and columns
+    col: int
 
 
 def _dot_chunk(depth: int, vec: int) -> Optional[int]:
@@ -196,6 +212,17 @@ def _dot_chunk(depth: int, vec: int) -> Optional[int]:
     if depth % vec == 0:
         return vec
     return next((l for l in range(vec - 1, 3, -1) if depth % l == 0), None)
+
+
+def _dot_axes(loads, row, col) -> bool:
+    """Whether loops `row` and `col` can be a dot tile's axes: each a single known iter var, some
+    operand read along each, and none along both (an r x c tile then loads r + c vectors)."""
+    if row.var is None or col.var is None or not row.extent or not col.extent:
+        return False
+    along = [(any(uses(x, row.var) for x in l.indices), any(uses(x, col.var) for x in l.indices))
+             for l in loads]
+    return (any(a and not b for a, b in along) and any(b and not a for a, b in along)
+            and not any(a and b for a, b in along))
 
 
 def _dot_tile(rows: int, cols: int, regs: int, max_acc: int) -> tuple[int, int]:
@@ -222,8 +249,7 @@ class DotTile(_TileRule):
         if loopless_root_block(sch):
             return Decline(RFACTOR_CRASH)
         kvar, depth = reduction[-1].var, reduction[-1].extent
-        rows, cols = spatial[-2].extent, spatial[-1].extent
-        if kvar is None or not depth or not rows or not cols or not info.contiguous(kvar, output_dim=False):
+        if kvar is None or not depth or not info.contiguous(kvar, output_dim=False):
             return Decline("the inner reduction loop is not vectorizable")
         vec = config.lanes(info.dtype)
         chunk = _dot_chunk(depth, vec)
@@ -231,21 +257,28 @@ class DotTile(_TileRule):
             return Decline("no vector width divides the reduction")
         if len(reduction) == 1 and depth == chunk:
             return Decline(SINGLE_VECTOR)
-        ivar, jvar = spatial[-2].var, spatial[-1].var
-        if any(any(uses(x, ivar) for x in l.indices) and any(uses(x, jvar) for x in l.indices)
-               for l in store_loads(sch, info)):
-            return Decline("a read along both tile axes")
-        r, c = _dot_tile(rows, cols, -(-chunk // vec), config.max_accumulators)
-        if r * c < 4:
+        regs = -(-chunk // vec)
+        best, best_key = None, None
+        loads = store_loads(sch, info)
+        for row in range(len(spatial)):
+            for col in range(row + 1, len(spatial)):
+                if _dot_axes(loads, spatial[row], spatial[col]):
+                    r, c = _dot_tile(spatial[row].extent, spatial[col].extent, regs, config.max_accumulators)
+                    key = (r * c / (r + c), r * c, row, col)   # FMAs per load, then inner loops
+                    if best_key is None or key > best_key:
+                        best, best_key = DotPlan(r, c, chunk, row, col), key
+        if best is None:
+            return Decline("no two spatial loops along which different operands are read")
+        if best.rows * best.cols < 4:
             return Decline("no register tile of at least 4 outputs divides the output")
-        return DotPlan(r, c, chunk)
+        return best
 
     def apply(self, sch, info, plan, config):
         block, spatial, reduction = split_loops(sch, info)
         ko, ki = sch.split(reduction[-1], factors=[None, plan.chunk])
-        jo, ji = sch.split(spatial[-1], factors=[None, plan.cols])
-        io, ii = sch.split(spatial[-2], factors=[None, plan.rows])
-        outer = [*spatial[:-2], io, jo]
+        jo, ji = sch.split(spatial[plan.col], factors=[None, plan.cols])
+        io, ii = sch.split(spatial[plan.row], factors=[None, plan.rows])
+        outer = [*(l for n, l in enumerate(spatial) if n not in (plan.row, plan.col)), io, jo]
         sch.reorder(*outer, *reduction[:-1], ko, ii, ji, ki)
         fused = sch.fuse(*outer)
         rf = sch.rfactor(ki, factor_axis=len(info.writes[0].region))
