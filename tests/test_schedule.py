@@ -15,7 +15,7 @@ from tvm import s_tir, te, topi
 import tvm_autodiff as ad
 from tvm_autodiff.schedule import (CPU_RULES, CpuConfig, Decline, GpuConfig, ScheduleRule, block_infos,
                                    cpu_target)
-from tvm_autodiff.schedule.cpu_matmul import MatmulTile
+from tvm_autodiff.schedule.cpu_matmul import DotTile, MatmulTile
 from tvm_autodiff.schedule.cpu_rows import ParallelOuter
 from tvm_autodiff.schedule.rule import schedule_block
 
@@ -280,3 +280,20 @@ def test_convolution_gets_register_tiles():
     assert rules["conv2d_nchw"] == "matmul-tile", m.explain()
     assert rules["dpad_temp_from_conv2d_nchw"] == "matmul-tile", m.explain()
     assert rules["dw_from_conv2d_nchw"] == "dot-tile", m.explain()
+
+
+def test_dot_tile_blocks_columns_that_overflow_l2():
+    """A dense layer whose weights (1024 x 128 floats, 512 KB) exceed the L2 block: the dot
+    tile's 256 column tiles of 4 go in blocks of 128 (4 x 128 x 4 bytes per tile, 256 KB in
+    all), outside the row tiles; weights of 64 KB take one block.  Values against numpy."""
+    config = CpuConfig.of(cpu_target())
+    for n, block in ((1024, 128), (128, 32)):
+        x, w = te.placeholder((16, 128), name="X"), te.placeholder((n, 128), name="W")
+        y = topi.nn.dense(x, w)
+        sch, infos = _schedule_of([y], [x, w])
+        plan = DotTile().plan(sch, infos["T_matmul_NT"], config)
+        assert (plan.cols, plan.block) == (4, block), plan
+        m = ad.build(y, [x, w])
+        assert m.rules["T_matmul_NT"] == "dot-tile", m.explain()
+        xv, wv = rand(16, 128), rand(n, 128)
+        np.testing.assert_allclose(m(xv, wv), xv @ wv.T, rtol=1e-4, atol=1e-4)

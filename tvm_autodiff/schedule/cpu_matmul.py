@@ -204,6 +204,7 @@ class DotPlan:
     chunk: int    # lanes per chunk of k
     row: int      # the spatial loops of the tile's rows and columns
     col: int
+    block: int    # column tiles per L2 block (all of them when the column operand fits)
 
 
 def _dot_chunk(depth: int, vec: int) -> Optional[int]:
@@ -266,36 +267,47 @@ class DotTile(_TileRule):
                     r, c = _dot_tile(spatial[row].extent, spatial[col].extent, regs, config.max_accumulators)
                     key = (r * c / (r + c), r * c, row, col)   # FMAs per load, then inner loops
                     if best_key is None or key > best_key:
-                        best, best_key = DotPlan(r, c, chunk, row, col), key
+                        best, best_key = (r, c, row, col), key
         if best is None:
             return Decline("no two spatial loops along which different operands are read")
-        if best.rows * best.cols < 4:
+        r, c, row, col = best
+        if r * c < 4:
             return Decline("no register tile of at least 4 outputs divides the output")
-        return best
+        # Column tiles whose rows of the column operand (c rows of the reduction's length) fit the
+        # L2 block, at least one; a divisor of the column tiles, so that no block has a tail.
+        depth = math.prod(l.extent or 0 for l in reduction)
+        tiles = spatial[col].extent // c
+        fit = max(1, config.l2_block_bytes // max(1, c * depth * _elem_bytes(info.dtype)))
+        block = max(b for b in range(1, min(fit, tiles) + 1) if tiles % b == 0)
+        return DotPlan(r, c, chunk, row, col, block)
 
     def apply(self, sch, info, plan, config):
         block, spatial, reduction = split_loops(sch, info)
         ko, ki = sch.split(reduction[-1], factors=[None, plan.chunk])
         jo, ji = sch.split(spatial[plan.col], factors=[None, plan.cols])
         io, ii = sch.split(spatial[plan.row], factors=[None, plan.rows])
-        outer = [*(l for n, l in enumerate(spatial) if n not in (plan.row, plan.col)), io, jo]
-        sch.reorder(*outer, *reduction[:-1], ko, ii, ji, ki)
+        # Blocks of column tiles outside the row tiles: a block's column rows stay in L2 while
+        # every row tile passes them (plan.block).
+        jb, jo = sch.split(jo, factors=[None, plan.block])
+        outer = [*(l for n, l in enumerate(spatial) if n not in (plan.row, plan.col)), jb, io]
+        sch.reorder(*outer, jo, *reduction[:-1], ko, ii, ji, ki)
         fused = sch.fuse(*outer)
         rf = sch.rfactor(ki, factor_axis=len(info.writes[0].region))
         if config.parallel_pays(info):
             sch.parallel(fused)
-        sch.compute_at(rf, fused)
+        sch.compute_at(rf, jo)
         sch.set_scope(rf, 0, "local")
-        self._tile_partial_sums(sch, rf)
-        sch.decompose_reduction(block, sch.get_loops(block)[1])
+        self._tile_partial_sums(sch, rf, outer=2)
+        sch.decompose_reduction(block, sch.get_loops(block)[2])
 
     @staticmethod
-    def _tile_partial_sums(sch, rf):
-        """The rfactor block's loops: reductions outside, then its spatial loops ordered by the
-        dimension of the partial-sum buffer they index (unrolled, the last vectorized)."""
+    def _tile_partial_sums(sch, rf, outer):
+        """The rfactor block's loops inside its `outer` ones: reductions outside, then its spatial
+        loops ordered by the dimension of the partial-sum buffer they index (unrolled, the last
+        vectorized)."""
         rf_info = info_of(sch, sch.get(rf).name_hint)
-        rf_rvs = sch.get_loops(rf)[1:]
-        rf_loops = block_loops(sch, rf_info)[1:]
+        rf_rvs = sch.get_loops(rf)[outer:]
+        rf_loops = block_loops(sch, rf_info)[outer:]
         write = rf_info.writes[0]
         dims = []
         for rv, loop in zip(rf_rvs, rf_loops):

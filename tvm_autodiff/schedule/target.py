@@ -20,6 +20,10 @@ MAX_VECTOR_BYTES = 32
 # L1 data cache assumed by the matmul panel-packing test: a B panel larger than this is copied
 # contiguously.  Chosen on the 1000x2000x1000 GEMM (62 -> 41 ms with packing).
 L1_BYTES = 32 * 1024
+# Share of the L2 cache that a dot tile's block of columns may take: the column operand's rows of
+# one block stay there while every row tile streams past them (a 2048x256 by 2000x256 dense layer
+# otherwise reads all 2 MB of its weights once per row tile).
+L2_BLOCK_BYTES = 256 * 1024
 # Vector registers available for accumulators: AVX2 has 16, one holds the broadcast operand and a
 # few the loaded B vectors.
 MAX_ACCUMULATORS = 12
@@ -84,6 +88,7 @@ class CpuConfig:
     vector_bytes: int
     vectorize: bool = True
     l1_bytes: int = L1_BYTES
+    l2_block_bytes: int = L2_BLOCK_BYTES
     max_accumulators: int = MAX_ACCUMULATORS
 
     @staticmethod
