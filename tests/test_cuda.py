@@ -73,3 +73,20 @@ def test_scatter_add_runs_in_parallel_on_cuda():
         want = np.zeros((20, 130), "float32")
         np.add.at(want, i, h)
         np.testing.assert_allclose(m(i, h), want, rtol=1e-5, atol=1e-5)
+
+
+def test_dlight_assertion_on_two_reads_of_one_buffer_is_a_decline():
+    """A sum over a product of two slices of one tensor: dlight's Reduction rule fails an
+    assertion in its read analysis (docs/tvm-0.27.md, "dlight asserts on two reads of one
+    buffer"); the schedule records that as the rule's decline and the next rule schedules the
+    function with threads."""
+    x, y = te.placeholder((4, 32), name="X"), te.placeholder((4, 8), name="Y")
+    a = topi.sigmoid(topi.strided_slice(x, [0, 24], [4, 32]))
+    b = topi.sigmoid(topi.strided_slice(x, [0, 8], [4, 16]))
+    m = ad.build(topi.sum(topi.multiply(topi.multiply(a, b), y)), [x, y], target="cuda")
+    assert "not dlight.Reduction: dlight's read analysis failed an assertion" in m.explain()
+    assert not single_threaded_loops(m.source)
+    if GPU:
+        xv, yv = np.random.default_rng(0).standard_normal((2, 4, 32)).astype("float32")
+        want = (1 / (1 + np.exp(-xv[:, 24:])) / (1 + np.exp(-xv[:, 8:16])) * yv[:, :8]).sum()
+        np.testing.assert_allclose(m(xv, yv[:, :8].copy()), want, rtol=1e-5)

@@ -221,6 +221,28 @@ def test_unrolled_lstm_scheduled_work_is_linear_and_not_recomputed(kernels):
         assert max(per_step.values()) <= 1.1 * min(per_step.values()), (field, per_step)
 
 
+def test_unrolled_lstm_on_cuda_is_built_per_kernel_and_linear():
+    """On CUDA, dlight schedules a whole function at once and inlines every injective block, so
+    one PrimFunc of an unrolled recurrence recomputed each step's chain in every later step (at
+    T = 4 with batch 4, hidden 8: a 1.8 MB CUDA source, built in 275 s).  Per kernel, as "auto"
+    builds it from T = 4, each kernel is scheduled alone: each step adds the same work and the
+    same kernels, and every kernel binds threads.  (dlight pads small matmuls to its tiles, so the
+    work is not compared with the unscheduled work here.  The values run only on a GPU:
+    tests/test_cuda.py, benchmarks/gpu_check.py.)"""
+    from test_cuda import single_threaded_loops
+    counts, distinct = {}, {}
+    for steps in (1, 2, 4, 8):
+        outputs, inputs = lstm(steps, "float32")
+        m = ad.build(outputs, inputs, target="cuda", kernels="many" if steps < 4 else "auto")
+        assert m.calls is not None, steps
+        assert not single_threaded_loops(m.source), steps
+        counts[steps], distinct[steps] = ad.scheduled_work(m), len(m.kernels)
+    assert distinct[4] == distinct[8], distinct
+    for field in ("iterations", "ops"):
+        per_step = {t: (getattr(counts[2 * t], field) - getattr(counts[t], field)) / t for t in (1, 2, 4)}
+        assert max(per_step.values()) <= 1.1 * min(per_step.values()), (field, per_step)
+
+
 # -- a wide graph -------------------------------------------------------------------------------------
 
 WIDTHS = (25, 50, 100, 200)

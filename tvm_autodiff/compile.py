@@ -30,7 +30,7 @@ from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
 from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
-from .kernel_module import VMProgram, kernel_module, lower_kernels, replace_kernels
+from .kernel_module import VMProgram, device_source, kernel_module, lower_kernels, replace_kernels
 from .kernels import distinct, partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
 from .tir import guard_indices
@@ -85,9 +85,7 @@ class PrimFuncProgram:
         return float(self.executable.mod.time_evaluator("main", device, **timer)(*args).median)
 
     def source(self, cuda: bool) -> str:
-        mod = self.executable.mod
-        return next(m for m in mod.imports if m.kind == "cuda").inspect_source() if cuda \
-            else mod.inspect_source("ll")
+        return device_source(self.executable.mod, cuda)
 
 
 class Compiled:
@@ -508,13 +506,12 @@ _KERNELS = ("auto", "one", "many")
 
 def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target):
     """The kernels of a per-kernel build (kernels.partition), or None for one PrimFunc.  "many"
-    refuses what the per-kernel build does not take: CUDA (not built per kernel yet), scalar
+    refuses what the per-kernel build does not take: scalar
     parameters (call_tir passes tensors), variables that only occur inside dimensions (Relax binds
     plain ones only), and ops other than compute and extern ops."""
     if kernels == "one":
         return None
-    why = ("the target is CUDA" if target.kind.name == "cuda" else
-           "it has scalar parameters (te.var inputs)" if any(isinstance(x, tirx.Var) for x in inputs)
+    why = ("it has scalar parameters (te.var inputs)" if any(isinstance(x, tirx.Var) for x in inputs)
            else f"variables {[v.name for v in hidden]} occur only inside dimensions" if hidden
            else "it has ops other than compute and extern ops" if not partitionable(lowered)
            else None)
@@ -546,8 +543,9 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
         `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
     kernels: "one" (one PrimFunc for everything), "many" (a Relax module of one kernel per op
         with its single-use injective producers, `tvm_autodiff.kernels`; run on the Relax VM), or
-        "auto" (many for CPU graphs of at least AUTO_KERNELS kernels that repeat, see
-        AUTO_KERNELS; else one).
+        "auto" (many for graphs of at least AUTO_KERNELS kernels that repeat, see AUTO_KERNELS;
+        else one).  On CUDA each kernel gets dlight's rules alone, so that dlight's inlining
+        cannot copy one kernel's work into another.
     """
     single = isinstance(outputs, te.Tensor)
     outputs = _outputs(outputs)
@@ -604,7 +602,8 @@ def _build_kernels(parts, inputs, lowered, computed, target, single, lower, sche
             scheduled = {name: _compile_kernel(mod[name], s, name, target, schedule)
                          for name, s in lowered_kernels.items()}
             executable = tvm.compile(replace_kernels(mod, scheduled), target=target)
-        _CACHE[key] = (VMProgram(executable, tvm.cpu(0), len(tensors)), scheduled,
+        device = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
+        _CACHE[key] = (VMProgram(executable, device, len(tensors)), scheduled,
                        replace_kernels(mod, scheduled))
     program, scheduled, scheduled_mod = _CACHE[key]
     return Compiled(program, inputs, lowered, target, scheduled, single, module=scheduled_mod,

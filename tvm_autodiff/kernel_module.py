@@ -86,11 +86,12 @@ class VMProgram:
     """The compiled module's `main` on the Relax VM, called as a one-PrimFunc executable is:
     `program(*inputs, *outputs)` computes into the output tensors.  A VM keeps its registers and
     memory pool in itself, so calls from several threads take turns (a lock); a one-PrimFunc
-    executable has no such state."""
+    executable has no such state.  A CUDA build made where no GPU is present has no VM: it can
+    only be inspected or exported (`Compiled` refuses to run it)."""
 
     def __init__(self, executable, device, n_inputs: int):
         self.executable, self.device, self.n_inputs = executable, device, n_inputs
-        self.vm = relax.VirtualMachine(executable, device)
+        self.vm = relax.VirtualMachine(executable, device) if device.exist else None
         self.lock = threading.Lock()
 
     def __call__(self, *args):
@@ -106,5 +107,11 @@ class VMProgram:
             return float(timer(*args[:self.n_inputs]).median)
 
     def source(self, cuda: bool) -> str:
-        """The LLVM IR of the kernels (CPU builds only)."""
-        return self.executable.mod.imports[0].inspect_source("ll")
+        return device_source(self.executable.mod.imports[0], cuda)
+
+
+def device_source(library, cuda: bool) -> str:
+    """The kernels' code in a compiled `library` module: the CUDA C of its CUDA import, or its
+    LLVM IR."""
+    return next(m for m in library.imports if m.kind == "cuda").inspect_source() if cuda \
+        else library.inspect_source("ll")
