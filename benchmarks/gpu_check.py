@@ -5,16 +5,22 @@ at most 64 MiB travels with a command, so the work is split in two halves:
 
     python benchmarks/gpu_check.py build --bundle DIR [--quick] [--device cuda|cpu]
         (here) builds every op-table gradient (tests/op_table.py), the benchmark gradients with a
-        torch twin and the LeNet step (benchmarks/ops.py) for {"kind": "cuda", "arch": "sm_90"},
-        exports each module, compiles its CUDA C to a fatbin with nvcc, saves the inputs and the
-        results of the same graph built for llvm (.npz), and packs the runtime: TVM's runtime
-        libraries and wheels of tvm_ffi (and typing_extensions, its one dependency).
+        torch twin and the LeNet step (benchmarks/ops.py), and the training steps of the model
+        benchmark (benchmarks/models_defs.py: loss and every weight gradient, built per kernel as
+        a Relax VM executable) for {"kind": "cuda", "arch": "sm_90"}, exports each module,
+        compiles its CUDA C to a fatbin with nvcc, saves the inputs and the results of the same
+        graph built for llvm (.npz), and packs the runtime: TVM's runtime libraries and wheels of
+        tvm_ffi (and typing_extensions, its one dependency).  `--groups op bench model` selects
+        (all three together exceed the 64 MiB a device command carries at full size: build
+        and run them in two parts, e.g. `--groups op bench` and `--groups model`).
     python DIR/gpu_check.py run --bundle DIR --out OUT [--device cuda|cpu]
         (there) pip-installs the wheels into a temporary folder with no index, loads every module
         with the TVM runtime only (tvm_ffi + libtvm_runtime*.so; the apache-tvm Python package is
-        never imported), runs it on torch CUDA tensors through DLPack, compares with the CPU
-        results and, for cases with a torch twin, with torch CUDA autograd, times it against torch
-        forward+backward with CUDA events, and writes results.json and results.md to OUT.
+        never imported; a per-kernel module through the Relax VM that libtvm_runtime contains),
+        runs it on torch CUDA tensors through DLPack, compares with the CPU results and, for
+        cases with a torch twin, with torch CUDA autograd (the models' twins: models_torch.py,
+        carried in the bundle), times it against torch forward+backward with CUDA events, and
+        writes results.json and results.md to OUT.
     python benchmarks/gpu_check.py --local [--quick] --out OUT
         both halves on one machine with a full apache-tvm install and a GPU.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import glob
 import hashlib
 import json
@@ -94,14 +101,27 @@ def _twin(name):
     }[name]
 
 
+def _twin_of(entry):
+    """The torch function of a case: a benchmark's twin above, or a model's models_torch.py."""
+    if entry["kind"] == "model":
+        import models_torch   # beside this file, here and in the bundle
+        name, sizes = entry["twin"]
+        return getattr(models_torch, name)(**sizes)
+    return _twin(entry["twin"])
+
+
 def _torch_outputs(entry, tensors):
     """What our module computes, by torch autograd: for a gradient case, the gradients of
     sum(H * f(inputs)) for the `wrt` inputs (H the last tensor); for a training step, the loss and
-    the SGD-updated weights."""
+    the SGD-updated weights; for a model, the loss and its gradients for the `wrt` inputs."""
     import torch
 
-    fn = _twin(entry["twin"])
+    fn = _twin_of(entry)
     labels = set(entry.get("labels", []))
+    if entry["kind"] == "model":
+        leaves = [t.detach().clone().requires_grad_(i in entry["wrt"]) for i, t in enumerate(tensors)]
+        loss = fn(*leaves)
+        return [loss.detach(), *torch.autograd.grad(loss, [leaves[i] for i in entry["wrt"]])]
     if entry["kind"] == "step":
         leaves = [t.detach().clone().requires_grad_(i not in labels) for i, t in enumerate(tensors)]
         loss = fn(*leaves)
@@ -165,30 +185,54 @@ def _benchmark_cases(quick):
         yield f"bench/{name}", make, name
 
 
-def _cpu_results(outputs, inputs, values):
-    """The CPU (llvm) build and its outputs in the order of the module's output parameters; one
-    PrimFunc, so that --device cpu can export it as one library like a CUDA build."""
+# The model steps of benchmarks/models.py that have a PyTorch twin (LeNet's is bench/lenet_step).
+MODELS = ("gpt", "resnet", "lstm_T4", "lstm_T16", "mobilenet", "bilateral")
+QUICK_MODELS = ("lstm_T4",)
+
+
+def _model_cases(quick):
+    """The model steps: the loss and every weight gradient, built per kernel (kernels="many": on
+    CUDA each kernel gets dlight's rules alone, README "One PrimFunc or one kernel per op"), with
+    the model's data saved in the bundle."""
+    sys.path.insert(0, HERE)
+
+    for name in (QUICK_MODELS if quick else MODELS):
+        def make(name=name):
+            from models import prepare
+            model, outputs, _ = prepare(name, quick)
+            meta = {"kind": "model", "twin": list(model.twin), "rtol": max(RTOL, model.rtol),
+                    "wrt": [model.inputs.index(w) for w in model.wrt]}
+            return outputs, model.inputs, model.data, meta, model.torch_loss
+        yield f"model/{name}", make, name
+
+
+def _cpu_results(outputs, inputs, values, kernels):
+    """The CPU (llvm) build and its outputs in the order of the module's output parameters; with
+    kernels="one" one PrimFunc, so that --device cpu exports one library like a CUDA build."""
     import tvm_autodiff as ad
 
-    m = ad.build(outputs, inputs, kernels="one")
+    m = ad.build(outputs, inputs, kernels=kernels)
     args = m.prepare(*values)
     m.executable(*args)
     return m, [a.numpy() for a in args[len(inputs):len(inputs) + len(m.outputs)]]
 
 
 def _check_twin(meta, twin, values, torch_fn, expected):
-    """Our twin must compute what ops.py's torch_fn computes, and autograd must agree with the
-    CPU build (a loose check: this only catches a twin that is wrong, not float noise)."""
+    """Our twin must compute what ops.py's torch_fn (a model's torch_loss) computes, and autograd
+    must agree with the CPU build (a loose check: this only catches a twin that is wrong, not
+    float noise)."""
     import numpy as np
     import torch
 
+    entry = {"twin": twin, **meta}
     tensors = [torch.from_numpy(v) for v in values]
-    data = tensors if meta["kind"] == "step" else tensors[:-1]
+    data = tensors if meta["kind"] in ("step", "model") else tensors[:-1]
     with torch.no_grad():
-        a, b = _twin(twin)(*data), torch_fn(*data)
+        a, b = _twin_of(entry)(*data), torch_fn(*data)
     torch.testing.assert_close(a, b)
-    for got, want in zip(_torch_outputs({**meta, "twin": twin}, tensors), expected):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3 * max(1.0, np.abs(want).max()))
+    rtol = max(1e-3, meta.get("rtol", 0.0))   # a model's own tolerance (models_defs.py) when looser
+    for got, want in zip(_torch_outputs(entry, tensors), expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()))
 
 
 def _fatbin(source, arch):
@@ -255,7 +299,8 @@ def build(args):
 
     target = {"kind": "cuda", "arch": args.arch} if args.device == "cuda" else "llvm"
     entries = []
-    sources = list(_op_table_cases(args.quick)) + list(_benchmark_cases(args.quick))
+    groups = {"op": _op_table_cases, "bench": _benchmark_cases, "model": _model_cases}
+    sources = [c for g in args.groups for c in groups[g](args.quick)]
     if args.only:
         sources = [s for s in sources if s[0] in args.only]
     for k, (cid, make, twin) in enumerate(sources):
@@ -266,20 +311,20 @@ def build(args):
             outputs, inputs, values = made[:3]
             if twin:
                 entry.update(made[3])
-            cpu, expected = _cpu_results(outputs, inputs, values)
+            kernels = "many" if entry["kind"] == "model" else "one"
+            cpu, expected = _cpu_results(outputs, inputs, values, kernels)
             if twin:
-                _check_twin(made[3], twin, values, made[4], expected)
-            m = ad.build(outputs, inputs, target=target) if args.device == "cuda" else cpu
+                _check_twin(made[3], entry["twin"], values, made[4], expected)
+            m = ad.build(outputs, inputs, target=target, kernels=kernels) \
+                if args.device == "cuda" else cpu
             stem = f"case{k:03d}"
-            host = m.executable.executable.mod
             if args.device == "cuda":
-                cuda = [i for i in host.imports if i.kind == "cuda"]
-                assert len(cuda) == 1, f"{cid}: {len(cuda)} CUDA imports"
-                source = cuda[0].inspect_source()
+                source = m.source
                 with open(os.path.join(cases_dir, stem + ".fatbin"), "wb") as f:
                     f.write(_fatbin(source, args.arch))
                 entry["sha256"] = hashlib.sha256(source.encode()).hexdigest()
-            host.export_library(os.path.join(cases_dir, stem + ".so"))
+            m.executable.executable.mod.export_library(os.path.join(cases_dir, stem + ".so"))
+            entry["vm"] = m.module is not None
             saved = {} if "recipe" in entry else {f"in{i}": v for i, v in enumerate(values)}
             for i, v in enumerate(expected):
                 if v.size > SAMPLE:
@@ -304,7 +349,8 @@ def build(args):
         os.makedirs(os.path.join(bundle, sub))
         for p in paths:
             shutil.copy(p, os.path.join(bundle, sub, os.path.basename(p)))
-    shutil.copy(os.path.abspath(__file__), os.path.join(bundle, "gpu_check.py"))
+    for script in (os.path.abspath(__file__), os.path.join(HERE, "models_torch.py")):
+        shutil.copy(script, os.path.join(bundle, os.path.basename(script)))
     with open(os.path.join(bundle, "manifest.json"), "w") as f:
         json.dump({"device": args.device, "target": target, "cases": entries}, f, indent=1)
     sizes = {sub: _size(os.path.join(bundle, sub)) for sub in ("cases", "runtime", "wheels")}
@@ -409,12 +455,29 @@ def _time_ms(fn, sync, events, reps):
     return sorted(samples)[len(samples) // 2]
 
 
+# vm_initialization's arguments: (DLPack device type, index, allocator) per device, the host
+# last; allocator 2 is the VM's pooled allocator.
+VM_DEVICES = {"cuda": (2, 0, 2, 1, 0, 2), "cpu": (1, 0, 2)}
+
+
+def _vm_call(module, device, tvm_ffi, ins, wrap):
+    """(a call of a per-kernel module's `main` on the Relax VM of the runtime, its outputs after
+    a first call as torch or numpy arrays): `main` returns its outputs, in the order of the
+    build's output parameters."""
+    vm = module["vm_load_executable"]()
+    vm["vm_initialization"](*VM_DEVICES[device])
+    main, args = vm["main"], [tvm_ffi.from_dlpack(t) for t in ins]
+    call = functools.partial(main, *args)
+    return call, [wrap(o) for o in call()]
+
+
 def run(args):
     bundle = os.path.abspath(args.bundle)
     with open(os.path.join(bundle, "manifest.json")) as f:
         manifest = json.load(f)
     device = manifest["device"]
     tvm_ffi = _load_runtime(bundle, device, args.local)
+    sys.path.insert(0, bundle)   # models_torch.py
     import numpy as np   # after _load_runtime: the bundle may carry it
     fatbins = {}   # SHA-256 of a module's CUDA C -> its fatbin; "current": the module loading
 
@@ -427,9 +490,9 @@ def run(args):
         dev = torch.device("cuda")
         to_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         from_dev = lambda t: t.cpu().numpy()  # noqa: E731
-        sync = torch.cuda.synchronize
+        wrap, sync = torch.from_dlpack, torch.cuda.synchronize
     else:
-        to_dev, from_dev, sync = _aligned, np.asarray, lambda: None
+        to_dev, from_dev, wrap, sync = _aligned, np.asarray, np.from_dlpack, lambda: None
     results = []
     for entry in manifest["cases"]:
         row = {"id": entry["id"]}
@@ -442,15 +505,18 @@ def run(args):
             if device == "cuda":
                 with open(stem + ".fatbin", "rb") as f:
                     fatbins[entry["sha256"]] = fatbins["current"] = f.read()
-            func = tvm_ffi.load_module(stem + ".so")["main"]
+            module = tvm_ffi.load_module(stem + ".so")
             data = np.load(stem + ".npz")
             n_in, n_out = len(entry["inputs"]), len(entry["outputs"])
             values = _regenerate(entry["recipe"]) if "recipe" in entry else \
                 [data[f"in{i}"] for i in range(n_in)]
             ins = [to_dev(v) for v in values]
-            outs = [to_dev(np.zeros(s, d)) for s, d in zip(entry["out_shapes"], entry["out_dtypes"])]
-            args_ffi = [tvm_ffi.from_dlpack(t) for t in ins + outs]
-            func(*args_ffi)
+            if entry.get("vm"):
+                call, outs = _vm_call(module, device, tvm_ffi, ins, wrap)
+            else:
+                outs = [to_dev(np.zeros(s, d)) for s, d in zip(entry["out_shapes"], entry["out_dtypes"])]
+                call = functools.partial(module["main"], *(tvm_ffi.from_dlpack(t) for t in ins + outs))
+                call()
             sync()
 
             def sampled(i):   # output i where the CPU result was saved (all of it, or a sample)
@@ -458,12 +524,13 @@ def run(args):
                 return got.ravel()[data[f"out{i}_idx"]] if f"out{i}_idx" in data else got
             row["cpu_rel_err"] = max([_rel_err(sampled(i), data[f"out{i}"]) for i in range(n_out)]
                                      or [0.0])
-            row["ours_ms"] = _time_ms(lambda: func(*args_ffi), sync, device == "cuda", args.reps)
+            row["ours_ms"] = _time_ms(call, sync, device == "cuda", args.reps)
             if entry["twin"] and device == "cuda":
                 ref = _torch_outputs(entry, ins)
                 row["torch_rel_err"] = max(_rel_err(from_dev(o), from_dev(r)) for o, r in zip(outs, ref))
                 row["torch_ms"] = _time_ms(lambda: _torch_outputs(entry, ins), sync, True, args.reps)
-            ok = row["cpu_rel_err"] <= RTOL and row.get("torch_rel_err", 0.0) <= RTOL
+            rtol = entry.get("rtol", RTOL)
+            ok = row["cpu_rel_err"] <= rtol and row.get("torch_rel_err", 0.0) <= rtol
             row["status"] = "match" if ok else "MISMATCH"
         except Exception as err:
             row.update(status="run failed", error=f"{type(err).__name__}: {str(err)[:300]}")
@@ -505,7 +572,10 @@ def main(argv=None):
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--arch", default="sm_90", help="build: the CUDA arch (H200: sm_90)")
     p.add_argument("--quick", action="store_true", help="build: a handful of cases only")
-    p.add_argument("--only", nargs="*", help="build: these case ids only (op/<id>, bench/<name>)")
+    p.add_argument("--groups", nargs="*", choices=("op", "bench", "model"), default=["op", "bench", "model"],
+                   help="build: the op-table gradients, the op benchmark's cases, the model steps")
+    p.add_argument("--only", nargs="*",
+                   help="build: these case ids only (op/<id>, bench/<name>, model/<name>)")
     p.add_argument("--python", nargs="*", default=["3.12"],
                    help="build: Python versions to carry tvm_ffi wheels for")
     p.add_argument("--with-numpy", action="store_true", help="build: carry a numpy wheel too")

@@ -2,8 +2,9 @@
 
 A model function(quick) returns a `Model`: the TE loss, all placeholders in call order, the ones
 whose gradients a training step computes, the data (numpy, in call order), and the same loss in
-PyTorch on tensors in that order.  Losses are scalars (shape () or (1,)), so a step is the loss and
-the gradient of its sum with respect to every weight.
+PyTorch on tensors in that order (from benchmarks/models_torch.py, which does not import TVM).
+Losses are scalars (shape () or (1,)), so a step is the loss and the gradient of its sum with
+respect to every weight.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from tvm import te, tirx, topi
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ops import lenet_step  # noqa: E402  (benchmarks/ is not a package)
+import models_torch  # noqa: E402  (benchmarks/ is not a package)
+from ops import lenet_step  # noqa: E402
 
 
 @dataclass
@@ -26,10 +28,17 @@ class Model:
     inputs: list
     wrt: list
     data: list
-    torch_loss: Callable
     shape: str   # the sizes, for the report
+    torch_loss: Callable
+    # (function of models_torch.py, its sizes) that made torch_loss, for benchmarks/gpu_check.py
+    twin: Optional[tuple] = None
     kernels: str = "auto"   # build(kernels=...)
     rtol: float = 1e-3      # the check's tolerance (benchmarks/models.py); looser only with a reason
+
+
+def _torch(name, **sizes) -> dict:
+    """Model's torch_loss and twin fields for the PyTorch twin models_torch.<name>(**sizes)."""
+    return {"torch_loss": getattr(models_torch, name)(**sizes), "twin": (name, sizes)}
 
 
 def _rng():
@@ -113,23 +122,11 @@ def gpt(quick):
     loss = _cross_entropy(topi.nn.dense(norm(x2, 2), whead), tgt, V)
     ids_v = _rng().integers(0, V, (B, S)).astype("int32")
 
-    def torch_loss(ids, tgt, wte, wpe, g0, c0, g1, c1, g2, c2, wqkv, bqkv, wo, bo, w1, b1, w2, b2, whead):
-        import torch
-        import torch.nn.functional as F
-        x = (F.embedding(ids, wte) + wpe).reshape(n, D)
-        qkv = F.linear(F.layer_norm(x, (D,), g0, c0), wqkv, bqkv).reshape(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)
-        scores = qkv[0] @ qkv[1].transpose(-1, -2) * scale
-        mask = torch.ones(S, S, dtype=torch.bool).tril()
-        att = torch.softmax(scores.masked_fill(~mask, -1e9), -1) @ qkv[2]
-        x1 = x + F.linear(att.permute(0, 2, 1, 3).reshape(n, D), wo, bo)
-        x2 = x1 + F.linear(F.gelu(F.linear(F.layer_norm(x1, (D,), g1, c1), w1, b1)), w2, b2)
-        return F.cross_entropy(F.linear(F.layer_norm(x2, (D,), g2, c2), whead), tgt.long())
-
     ln_flat = [t for pair in ln for t in pair]
     weights = [wte, wpe, *ln_flat, wqkv, bqkv, wo, bo, w1, b1, w2, b2, whead]
     order = {p: i for i, p in enumerate(w.ph)}
     return Model(loss, [ids, tgt, *weights], weights, [ids_v, tgt_v, *(w.val[order[p]] for p in weights)],
-                 lambda ids, tgt, *ws: torch_loss(ids.long(), tgt, *ws), f"B{B} S{S} D{D} H{H} V{V}")
+                 f"B{B} S{S} D{D} H{H} V{V}", **_torch("gpt", B=B, S=S, D=D, H=H, V=V))
 
 
 # -- convolutional blocks --------------------------------------------------------------------------
@@ -147,22 +144,12 @@ def _batch_norm(x, gamma, beta, eps=1e-5):
                       name="bn")
 
 
-def _torch_bn(x, g, b):
-    import torch.nn.functional as F
-    return F.batch_norm(x, None, None, g, b, training=True, eps=1e-5)
-
-
 def _classifier_head(x, w, classes, n):
     """Global average pool, dense, cross-entropy: the placeholders (target, fc, fc_b) and the loss."""
     tgt, tgt_v = _labels(n, classes)
     fc, fcb = w("fc", classes, int(x.shape[1])), w("fc_b", classes, const=0.0)
     pooled = topi.nn.flatten(topi.nn.global_pool(x, "avg"))
     return tgt, tgt_v, fc, fcb, _cross_entropy(topi.nn.dense(pooled, fc, fcb), tgt, classes)
-
-
-def _torch_head(x, tgt, fc, fcb):
-    import torch.nn.functional as F
-    return F.cross_entropy(F.linear(x.mean((2, 3)), fc, fcb), tgt.long())
 
 
 def resnet(quick):
@@ -180,20 +167,11 @@ def resnet(quick):
         h = topi.nn.relu(topi.add(y, h))
     tgt, tgt_v, fc, fcb, loss = _classifier_head(h, w, 10, N)
 
-    def torch_loss(x, tgt, *ws):
-        import torch.nn.functional as F
-        h = x
-        for b in range(2):
-            c1, g1, b1, c2, g2, b2 = ws[6 * b:6 * b + 6]
-            y = F.relu(_torch_bn(F.conv2d(h, c1, padding=1), g1, b1))
-            h = F.relu(_torch_bn(F.conv2d(y, c2, padding=1), g2, b2) + h)
-        return _torch_head(h, tgt, *ws[12:])
-
     weights = [t for b in range(2) for i in range(2) for t in (blocks[b][i], *bns[b][i])] + [fc, fcb]
     order = {p: i for i, p in enumerate(w.ph)}
     xv = _rng().standard_normal((N, C, HW, HW)).astype("float32")
     return Model(loss, [x, tgt, *weights], weights, [xv, tgt_v, *(w.val[order[p]] for p in weights)],
-                 torch_loss, f"({N}, {C}, {HW}, {HW})",
+                 f"({N}, {C}, {HW}, {HW})", **_torch("resnet"),
                  # Our float32 gradients of the first block are up to 1e-2 (relative to their max)
                  # off the float64 ones, PyTorch's float32 ones 1e-5: the error grows backwards
                  # through each training-mode batch norm's backward, whose sums over 12,544 terms
@@ -216,14 +194,9 @@ def mobilenet(quick):
     h = topi.add(x, _batch_norm(topi.nn.conv2d_nchw(y, wp, 1, 0, 1), gp, bp))
     tgt, tgt_v, fc, fcb, loss = _classifier_head(h, w, 10, N)
 
-    def torch_loss(x, tgt, we, ge, be, wd, gd, bd, wp, gp, bp, fc, fcb):
-        import torch.nn.functional as F
-        y = F.relu6(_torch_bn(F.conv2d(x, we), ge, be))
-        y = F.relu6(_torch_bn(F.conv2d(y, wd, padding=1, groups=E), gd, bd))
-        return _torch_head(x + _torch_bn(F.conv2d(y, wp), gp, bp), tgt, fc, fcb)
-
     xv = _rng().standard_normal((N, C, HW, HW)).astype("float32")
-    return Model(loss, [x, tgt, *w.ph], list(w.ph), [xv, tgt_v, *w.val], torch_loss, f"({N}, {C}, {HW}, {HW})")
+    return Model(loss, [x, tgt, *w.ph], list(w.ph), [xv, tgt_v, *w.val], f"({N}, {C}, {HW}, {HW})",
+                 **_torch("mobilenet", E=E))
 
 
 # -- LSTM ------------------------------------------------------------------------------------------
@@ -248,19 +221,10 @@ def lstm(quick, T):
                      topi.multiply(topi.sigmoid(gate(g, 0)), topi.tanh(gate(g, 2))))
         h = topi.multiply(topi.sigmoid(gate(g, 3)), topi.tanh(c))
     loss = topi.divide(topi.sum(topi.multiply(h, h)), float(B))
-    import torch
-    from torch.func import functional_call
-    cell = torch.nn.LSTM(I, Hd)
-
-    def torch_loss(*args):
-        x, (wx, wh, b) = torch.stack(args[:T]), args[T:]
-        params = {"weight_ih_l0": wx, "weight_hh_l0": wh, "bias_ih_l0": b, "bias_hh_l0": torch.zeros_like(b)}
-        out, _ = functional_call(cell, params, (x,))
-        return (out[-1] ** 2).sum() / B
-
     rng = _rng()
     xv = [rng.standard_normal((B, I)).astype("float32") for _ in range(T)]
-    return Model(loss, [*xs, *w.ph], list(w.ph), [*xv, *w.val], torch_loss, f"B{B} I{I} H{Hd} T{T}")
+    return Model(loss, [*xs, *w.ph], list(w.ph), [*xv, *w.val], f"B{B} I{I} H{Hd} T{T}",
+                 **_torch("lstm", T=T, B=B, I=I, Hd=Hd))
 
 
 # -- bilateral-grid slicing (HDRNet) ---------------------------------------------------------------
@@ -299,22 +263,13 @@ def bilateral(quick):
     diff = topi.subtract(out, target)
     loss = topi.divide(topi.sum(topi.multiply(diff, diff)), float(N * C * HW * HW))
 
-    def torch_loss(grid, guide, target):
-        import torch
-        import torch.nn.functional as F
-        lin = (torch.arange(HW, dtype=torch.float32) + 0.5) / HW * 2 - 1
-        yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-        coords = torch.stack([xx.expand(N, HW, HW), yy.expand(N, HW, HW), guide * 2 - 1], -1)
-        out = F.grid_sample(grid, coords[:, None], mode="bilinear", padding_mode="border", align_corners=False)
-        return ((out[:, :, 0] - target) ** 2).mean()
-
     rng = _rng()
     data = [rng.standard_normal((N, C, D, G, G)).astype("float32"), rng.random((N, HW, HW)).astype("float32"),
             rng.standard_normal((N, C, HW, HW)).astype("float32")]
     # rtol: the float32 loss, a sum of 3.1 million squares, is 2.4e-3 (relative) off the float64
     # one (PyTorch's 4e-8); the gradients agree to 5e-7.
-    return Model(loss, [grid, guide, target], [grid, guide], data, torch_loss,
-                 f"grid ({N}, {C}, {D}, {G}, {G}), image {HW}x{HW}", rtol=5e-3)
+    return Model(loss, [grid, guide, target], [grid, guide], data,
+                 f"grid ({N}, {C}, {D}, {G}, {G}), image {HW}x{HW}", **_torch("bilateral", N=N, HW=HW), rtol=5e-3)
 
 
 # -- LeNet (benchmarks/ops.py) ---------------------------------------------------------------------
@@ -331,8 +286,8 @@ def lenet(quick):
             data.append(np.eye(shape[1], dtype="float32")[rng.integers(0, shape[1], shape[0])])
         else:
             data.append(rng.standard_normal(shape).astype("float32"))
-    return Model(case.out, case.inputs, case.wrt, data, lambda *t: case.torch_fn(*t).sum(),
-                 f"({int(case.inputs[0].shape[0])}, 1, 28, 28)")
+    return Model(case.out, case.inputs, case.wrt, data, f"({int(case.inputs[0].shape[0])}, 1, 28, 28)",
+                 torch_loss=lambda *t: case.torch_fn(*t).sum())
 
 
 MODELS = {"gpt": gpt, "resnet": resnet, "lstm_T4": lambda q: lstm(q, 4), "lstm_T16": lambda q: lstm(q, 16),
