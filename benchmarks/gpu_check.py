@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -325,6 +326,7 @@ def build(args):
                 entry["sha256"] = hashlib.sha256(source.encode()).hexdigest()
             m.executable.executable.mod.export_library(os.path.join(cases_dir, stem + ".so"))
             entry["vm"] = m.module is not None
+            entry["rules"] = dict(Counter(m.rules.values()))   # GPU rule -> blocks it scheduled
             saved = {} if "recipe" in entry else {f"in{i}": v for i, v in enumerate(values)}
             for i, v in enumerate(expected):
                 if v.size > SAMPLE:
@@ -351,8 +353,11 @@ def build(args):
             shutil.copy(p, os.path.join(bundle, sub, os.path.basename(p)))
     for script in (os.path.abspath(__file__), os.path.join(HERE, "models_torch.py")):
         shutil.copy(script, os.path.join(bundle, os.path.basename(script)))
+    manifest = {"device": args.device, "target": target, "cases": entries}
     with open(os.path.join(bundle, "manifest.json"), "w") as f:
-        json.dump({"device": args.device, "target": target, "cases": entries}, f, indent=1)
+        json.dump(manifest, f, indent=1)
+    with open(os.path.join(bundle, "rules.md"), "w") as f:
+        f.write("\n".join(_rules_table(manifest)) + "\n")
     sizes = {sub: _size(os.path.join(bundle, sub)) for sub in ("cases", "runtime", "wheels")}
     total = _size(bundle)
     print("bundle", bundle, " ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()),
@@ -539,6 +544,16 @@ def run(args):
     return results
 
 
+def _rules_table(manifest) -> list:
+    """Markdown lines: per case, how many blocks each schedule rule scheduled."""
+    lines = [f"Schedule rules of the {manifest['device']} build (blocks per rule):", "",
+             "| case | rules |", "|---|---|"]
+    for e in manifest["cases"]:
+        rules = ", ".join(f"{k} x{v}" for k, v in sorted(e.get("rules", {}).items(), key=str))
+        lines.append(f"| {e['id']} | {rules} |")
+    return lines
+
+
 def _write(out, manifest, results):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -554,9 +569,8 @@ def _write(out, manifest, results):
         lines.append(f"| {r['id']} | {r['status']} | {num(r.get('cpu_rel_err'), '.1e')} | "
                      f"{num(r.get('torch_rel_err'), '.1e')} | {num(r.get('ours_ms'), '.3f')} | "
                      f"{num(r.get('torch_ms'), '.3f')} | {num(speed, '.2f')} |")
-    counts = {}
-    for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines += ["", *_rules_table(manifest)]
+    counts = Counter(r["status"] for r in results)
     lines.append("")
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     with open(os.path.join(out, "results.md"), "w") as f:
