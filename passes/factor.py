@@ -27,7 +27,7 @@ from typing import Optional
 
 import tvm
 import tvm_ffi
-from tvm import te, tirx
+from tvm import sym, te, tirx
 from tvm.ir import Call
 
 from tvm_autodiff.ir.expr import free_vars, is_const, is_float, loads_only, substitute
@@ -127,16 +127,26 @@ class _Hoister:
         self.inline = {}
         self.rewritten = []   # ops whose bodies this pass wrote (cores, hoisted and inlined ops)
 
-    def read_inlined(self, expr):
+    def read_inlined(self, expr, reads: Optional[int] = None):
+        """expr with its loads of inlined ops replaced by their bodies, except, in a sum of
+        `reads` iterations, those of ops with fewer elements whose body is not a product: there
+        no factor could leave the sum, which would evaluate the body several times per element
+        (a convolution's gradient reads its head once per input channel and kernel tap; a
+        training batch norm makes that head dX' + c[channel]), where the materialized tensor is
+        computed once."""
         def visit(c):
             if not is_load(c) or c.args[0].op not in self.inline:
                 return c
             op = c.args[0].op
-            return substitute(self.inline[op], {iv.var: i for iv, i in zip(op.axis, c.args[1:])})
+            body = self.inline[op]
+            if reads is not None and reads > (_volume(op.axis) or reads) and _factors(body) < 2:
+                return c
+            return substitute(body, {iv.var: i for iv, i in zip(op.axis, c.args[1:])})
         return tvm_ffi.structural_map(expr, (Call, visit))
 
     def __call__(self, op: te.ComputeOp, bodies: list):
-        new = [self.read_inlined(b) for b in bodies]
+        reads = _volume([*op.axis, *op.reduce_axis]) if isinstance(bodies[0], tirx.Reduce) else None
+        new = [self.read_inlined(b, reads) for b in bodies]
         changed = any(not n.same_as(b) for n, b in zip(new, bodies))
         if op.num_outputs == 1:
             hoisted = self.hoist(op, new[0], changed)
@@ -189,6 +199,26 @@ class _Hoister:
         self.inline[out.op] = body
         self.rewritten.append(out.op)
         return out
+
+
+def _factors(e) -> int:
+    """How many factors `product` finds in e (brackets not counted: a padding's bracket is no
+    factor that could leave a sum)."""
+    return len(product(e).values)
+
+
+def _volume(axes) -> Optional[int]:
+    """An upper bound of the number of points of the iteration axes `axes`, outermost first (a
+    window's extent may depend on outer axes: min(2, k) + 1 - max(0, k - 7)); None if one has
+    no constant bound."""
+    ana, n = sym.Analyzer(), 1
+    for iv in axes:
+        bound = ana.const_int_bound(iv.dom.extent).max_value
+        if bound >= sym.ConstIntBound.POS_INF:
+            return None
+        n *= max(0, bound)
+        ana.bind(iv.var, iv.dom)
+    return n
 
 
 def _resum(r: tirx.Reduce, source, vmap: dict):
