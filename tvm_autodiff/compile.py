@@ -33,7 +33,7 @@ from .ir.reductions import fold_where_init
 from .kernel_module import VMProgram, device_source, kernel_module, lower_kernels, replace_kernels
 from .kernels import distinct, partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
-from .tir import guard_indices
+from .tir import guard_indices, vector_transcendentals
 
 _CACHE: dict = {}
 
@@ -355,8 +355,13 @@ def _reason(err: Exception) -> str:
     return (said or lines or [type(err).__name__])[-1][:300]
 
 
-def _guarded(scheduled: Scheduled) -> Scheduled:
-    return Scheduled(guard_indices(scheduled.func), scheduled.choices)
+def _guarded(scheduled: Scheduled, target) -> Scheduled:
+    """The scheduled function as it is compiled: load indices that TVM 0.27 miscompiles guarded
+    and, on CPU, the float32 transcendentals in vector form (tir/fast_math.py)."""
+    func = guard_indices(scheduled.func)
+    if target.kind.name == "llvm":
+        func = vector_transcendentals(func)
+    return Scheduled(func, scheduled.choices)
 
 
 def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
@@ -365,7 +370,7 @@ def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
     fallbacks = _fallbacks(func, target, schedule)
     while True:
         try:
-            guarded = _guarded(scheduled)
+            guarded = _guarded(scheduled, target)
             return tvm.compile(guarded.func, target=target), guarded
         except (RuntimeError, ValueError) as err:
             if not fallbacks:
@@ -594,7 +599,7 @@ def _build_kernels(parts, inputs, lowered, computed, target, single, lower, sche
     key = (tvm_ffi.StructuralKey(mod), str(target), schedule)
     if key not in _CACHE:
         lowered_kernels = lower_kernels(mod, lower)
-        scheduled = {name: _guarded(s) for name, s in lowered_kernels.items()}
+        scheduled = {name: _guarded(s, target) for name, s in lowered_kernels.items()}
         try:
             executable = tvm.compile(replace_kernels(mod, scheduled), target=target)
         except (RuntimeError, ValueError):
