@@ -128,8 +128,10 @@ def worker(args):
     _ours(case, data, args)
 
 
-def run_op(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--trials", str(args.trials)]
+def run_op(name, args, script=__file__):
+    """Op `name` timed in a child process: `script --worker name` (run.py's worker, or another
+    benchmark's with the same RESULT lines), given up after args.timeout seconds."""
+    cmd = [sys.executable, os.path.abspath(script), "--worker", name, "--trials", str(args.trials)]
     cmd += ["--quick"] * args.quick + ["--tune"] * args.tune
     row, status = {"op": name}, "ok"
     try:
