@@ -1,7 +1,7 @@
 """One training step of real models (issue 11): tvm_autodiff next to PyTorch CPU.
 
     python benchmarks/models.py [--quick] [--models gpt,resnet,lstm,mobilenet,lenet,bilateral]
-                                [--tune --trials 64] [--timeout 900]
+                                [--tune --trials 64] [--timeout 900] [--kernels one|many|auto]
 
 Needs the bench extra (torch==2.13.0, matplotlib).  The models are in benchmarks/models_defs.py
 (GPT-style decoder block, two ResNet basic blocks, an LSTM at T = 4, 16, 32, a MobileNet-v2
@@ -88,7 +88,7 @@ def prepare(name, quick):
     return model, [model.loss, *grads], time.perf_counter() - t0
 
 
-def setup(name, quick, threads):
+def setup(name, quick, threads, kernels=None):
     """Differentiate and build the model's step (emitting the times), and make PyTorch's step;
     returns (model, outputs, compiled, torch step).  Nothing of ours has run yet."""
     import torch
@@ -99,7 +99,8 @@ def setup(name, quick, threads):
     model, outputs, diff_s = prepare(name, quick)
     _emit(diff_s=diff_s, shape=model.shape, threads=threads, rtol=model.rtol)
     t0 = time.perf_counter()
-    compiled = ad.build(outputs, model.inputs, kernels=model.kernels)
+    kernels = kernels or model.kernels
+    compiled = ad.build(outputs, model.inputs, kernels=kernels)
     _emit(build_s=time.perf_counter() - t0)
     calls = getattr(compiled, "calls", None)
     if calls is not None:
@@ -133,7 +134,7 @@ def worker(args):
     import tvm_autodiff as ad
     from tvm_autodiff.schedule import host_cores
 
-    model, outputs, compiled, torch_step = setup(args.worker, args.quick, host_cores())
+    model, outputs, compiled, torch_step = setup(args.worker, args.quick, host_cores(), args.kernels)
     # PyTorch is measured before any kernel of ours runs, as in benchmarks/run.py, so that TVM's
     # thread pool is not started (and spinning) while PyTorch's threads run.  Peak memory is that
     # of the first call: later calls reuse the memory pools of the first.
@@ -145,7 +146,8 @@ def worker(args):
     _emit(ms=compiled.time(*model.data, number=1, repeat=7, min_repeat_ms=20) * 1e3)
     if args.tune:
         try:
-            tuned = ad.build(outputs, model.inputs, schedule="tune", trials=args.trials, kernels=model.kernels)
+            tuned = ad.build(outputs, model.inputs, schedule="tune", trials=args.trials,
+                             kernels=args.kernels or model.kernels)
             _emit(tuned_ms=tuned.time(*model.data, number=1, repeat=7, min_repeat_ms=20) * 1e3)
         except RuntimeError as err:   # e.g. meta_schedule finds no valid schedule at all
             _emit(tune_error=str(err).split(":")[0])
@@ -153,7 +155,7 @@ def worker(args):
 
 def run_model(name, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--trials", str(args.trials)]
-    cmd += ["--quick"] * args.quick + ["--tune"] * args.tune
+    cmd += ["--quick"] * args.quick + ["--tune"] * args.tune + ["--kernels", args.kernels] * bool(args.kernels)
     row, status = {"model": name}, "ok"
     t0 = time.time()
     try:
@@ -235,6 +237,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="small shapes")
     p.add_argument("--tune", action="store_true", help="also time meta_schedule-tuned steps")
     p.add_argument("--trials", type=int, default=64, help="tuning trials per model")
+    p.add_argument("--kernels", choices=("auto", "one", "many"), help="build(kernels=...) for every model (default: each model's)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per model before it is given up")
     p.add_argument("--models", help="comma-separated subset (gpt,resnet,lstm,mobilenet,lenet,bilateral)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")

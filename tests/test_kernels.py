@@ -19,6 +19,7 @@ from tvm import te, topi
 
 import tvm_autodiff as ad
 from gradcheck import check_grad
+from tvm_autodiff import compile as compile_module
 from tvm_autodiff.compile import AUTO_KERNELS
 from tvm_autodiff.kernels import MAX_KERNEL_OPS, distinct, partition
 
@@ -138,21 +139,36 @@ def test_auto_builds_small_graphs_as_one_primfunc():
     assert ad.build([loss, *grads], xs + weights).module is not None
 
 
-def test_auto_keeps_distinct_kernels_in_one_primfunc():
-    """40 consumers of X scaled by 40 constants: many kernels, but nearly all distinct, which one
-    PrimFunc compiles faster (README, the kernels table)."""
+def _scaled_consumers(n=40):
+    """n consumers of X scaled by n constants, summed: many kernels, nearly all distinct; (X, dX,
+    the expected dX at x)."""
     X = te.placeholder((4, 4), F64, name="X")
     terms = [te.compute(X.shape, (lambda c: lambda a, b: te.sin(X[a, b] * c))(1 + i / 100), name=f"y{i}")
-             for i in range(40)]
-    loss = topi.sum(functools.reduce(topi.add, terms))
-    (dX,) = ad.differentiate(loss, [X])
+             for i in range(n)]
+    (dX,) = ad.differentiate(topi.sum(functools.reduce(topi.add, terms)), [X])
+    return X, dX, lambda x: sum((1 + i / 100) * np.cos((1 + i / 100) * x) for i in range(n))
+
+
+def test_auto_keeps_small_distinct_kernels_in_one_primfunc():
+    """Small distinct kernels: one PrimFunc compiles faster (README, the kernels table)."""
+    X, dX, expected = _scaled_consumers()
     parts = partition([dX])
     assert len(parts) >= AUTO_KERNELS and 3 * distinct(parts) > len(parts)
     m = ad.build(dX, [X])
     assert m.module is None
     x = np.random.default_rng(4).uniform(-1, 1, (4, 4))
-    np.testing.assert_allclose(m(x), sum((1 + i / 100) * np.cos((1 + i / 100) * x) for i in range(40)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(m(x), expected(x), rtol=1e-12)
+
+
+def test_auto_builds_large_graphs_per_kernel(monkeypatch):
+    """The same graph counted as large (AUTO_ELEMENTS lowered to its size): per kernel, as the
+    large model steps run faster (README, the kernels table)."""
+    X, dX, expected = _scaled_consumers(30)
+    monkeypatch.setattr(compile_module, "AUTO_ELEMENTS", 16)
+    m = ad.build(dX, [X])
+    assert m.module is not None and sum(m.calls.values()) >= AUTO_KERNELS
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 4))
+    np.testing.assert_allclose(m(x), expected(x), rtol=1e-12)
 
 
 def test_many_is_refused_where_the_vm_cannot_take_the_graph():

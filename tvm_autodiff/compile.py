@@ -13,6 +13,7 @@ Every argument is checked before anything is built.  The PrimFunc is scheduled (
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import os
 import warnings
@@ -500,12 +501,16 @@ def _inputs(outputs: list, inputs) -> list:
     return inputs
 
 
-# kernels="auto" builds per kernel a graph of at least AUTO_KERNELS kernels of which at most a
-# third are distinct: LLVM compiles each distinct kernel as a function of its own (about 0.1 s each
-# here), so per-kernel pays where kernels repeat (unrolled steps, layers of one shape) and one
-# PrimFunc, whose compile time grows superlinearly, is large (measured: README, "Building,
-# scheduling, tuning, CUDA").
+# kernels="auto" builds per kernel a graph of at least AUTO_KERNELS kernels that repeat (at most a
+# third distinct) or that write at least AUTO_ELEMENTS tensor elements.  LLVM compiles each
+# distinct kernel as a function of its own (about 0.1 s each here), so per kernel pays at build
+# time where kernels repeat (unrolled steps, layers of one shape), and one PrimFunc, whose compile
+# time grows superlinearly, is large; at run time it pays on every large graph measured (a GPT
+# block's training step 1.7 s as one PrimFunc, 0.17 s per kernel).  A graph of many small
+# distinct kernels stays one PrimFunc, which compiles faster (README, "Building, scheduling,
+# tuning, CUDA").
 AUTO_KERNELS = 24
+AUTO_ELEMENTS = 1 << 20
 _KERNELS = ("auto", "one", "many")
 
 
@@ -528,7 +533,15 @@ def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target
     parts = partition(lowered)
     if kernels == "many":
         return parts
-    return parts if len(parts) >= AUTO_KERNELS and 3 * distinct(parts) <= len(parts) else None
+    if len(parts) < AUTO_KERNELS:
+        return None
+    return parts if 3 * distinct(parts) <= len(parts) or _elements(parts) >= AUTO_ELEMENTS else None
+
+
+def _elements(parts) -> int:
+    """The elements the kernels write (dimensions that are not constants count as 1)."""
+    return sum(math.prod(int(d) if isinstance(d, tirx.IntImm) else 1 for d in t.shape)
+               for k in parts for t in k.outputs)
 
 
 def build(outputs, inputs=None, target="llvm", schedule: str | None = "default", *,
@@ -548,8 +561,8 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
         `meta_schedule.runner.RPCRunner(RPCConfig(tracker_host, tracker_port, tracker_key))`.
     kernels: "one" (one PrimFunc for everything), "many" (a Relax module of one kernel per op
         with its single-use injective producers, `tvm_autodiff.kernels`; run on the Relax VM), or
-        "auto" (many for graphs of at least AUTO_KERNELS kernels that repeat, see AUTO_KERNELS;
-        else one).  On CUDA each kernel gets dlight's rules alone, so that dlight's inlining
+        "auto" (many for graphs of at least AUTO_KERNELS kernels that repeat or are large, see
+        AUTO_KERNELS; else one).  On CUDA each kernel gets dlight's rules alone, so that dlight's inlining
         cannot copy one kernel's work into another.
     """
     single = isinstance(outputs, te.Tensor)
