@@ -171,12 +171,7 @@ def resnet(quick):
     order = {p: i for i, p in enumerate(w.ph)}
     xv = _rng().standard_normal((N, C, HW, HW)).astype("float32")
     return Model(loss, [x, tgt, *weights], weights, [xv, tgt_v, *(w.val[order[p]] for p in weights)],
-                 f"({N}, {C}, {HW}, {HW})", **_torch("resnet"),
-                 # Our float32 gradients of the first block are up to 1e-2 (relative to their max)
-                 # off the float64 ones, PyTorch's float32 ones 1e-5: the error grows backwards
-                 # through each training-mode batch norm's backward, whose sums over 12,544 terms
-                 # cancel.  The float64 gradients agree (issue 11), so this is rounding, not a bug.
-                 rtol=2e-2)
+                 f"({N}, {C}, {HW}, {HW})", **_torch("resnet"))
 
 
 def mobilenet(quick):

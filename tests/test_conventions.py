@@ -287,6 +287,24 @@ def test_nan_gradients_follow_the_forward_choice(optimize):
 
 
 @pytest.mark.parametrize("optimize", [False, True])
+def test_long_row_max_gradient_goes_to_the_first_tie(optimize):
+    """Rows of LONG_REDUCTION points or more find the position as the first tie of the forward
+    max (frontend/reducers.py): ties go to the first, a NaN that the forward returned gets it."""
+    from tvm_autodiff.frontend.reducers import LONG_REDUCTION
+    n = 2 * LONG_REDUCTION
+    r = np.random.default_rng(3).uniform(-1, 0, (4, n))
+    r[0, [5, 9, 70]] = 2.0                    # tie: the first (5) gets the head
+    r[1, n - 1] = NAN                         # NaN last: the forward returns it
+    r[2, 0], r[2, 40] = NAN, 3.0              # NaN first: the forward returns the max (40)
+    R = ph((4, n), "R")
+    y, dr = value_and_grads(topi.max(R, axis=1), [R], [r], np.array([2.0, 3.0, 5.0, 7.0]), optimize)
+    want = np.zeros_like(r)
+    want[0, 5], want[1, n - 1], want[2, 40], want[3, np.argmax(r[3])] = 2.0, 3.0, 5.0, 7.0
+    assert y[0] == 2.0 and np.isnan(y[1]) and y[2] == 3.0
+    np.testing.assert_array_equal(dr, want)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
 def test_nan_full_reduction_shares_among_the_nans(optimize):
     """x.max() with a NaN result: PyTorch's mask is isnan(x), shared evenly; so is ours."""
     X = ph((2, 3), "X")
