@@ -660,7 +660,8 @@ def test_padded_window_is_a_fixed_box_over_a_zero_padded_head():
 def test_padded_window_with_a_symbolic_batch():
     """The same conv with a symbolic batch b: the head is padded along the window axes only (the
     batch axis is read at an outer variable, inside its bounds), so the work at b = 2 is the
-    static case's and the values are the naive gradient's."""
+    static case's and the values are the naive gradient's.  The reduction is dX itself: the copy
+    dX = dpad_temp (a crop by 0) is fused (`fuse_crops`)."""
     b = te.var("b")
     X, W = te.placeholder((b, 6, 12, 12), F64, name="X"), te.placeholder((4, 6, 5, 5), F64, name="W")
     Y = topi.nn.conv2d(X, W, strides=1, padding=0, dilation=1)
@@ -670,7 +671,7 @@ def test_padded_window_with_a_symbolic_batch():
     np.testing.assert_allclose(opt, naive, rtol=1e-10)
     pads = [op for op in ops_post_order([dX]) if op.name.endswith("_pad")]
     assert [(op.name, [str(d) for d in op.output(0).shape]) for op in pads] == [("H_pad", ["b", "4", "16", "16"])]
-    assert ad.work(dX, bindings={"b": 2}).per_op["dpad_temp_from_conv2d_nchw"] == 2 * 6 * 12 * 12 * 4 * 5 * 5
+    assert ad.work(dX, bindings={"b": 2}).per_op["dX_from_pad_temp"] == 2 * 6 * 12 * 12 * 4 * 5 * 5
 
 
 @pytest.mark.parametrize("xs,ws,stride", [

@@ -13,7 +13,8 @@
    (`te.var`) is consumed by every op whose bodies read it; its tangent seed is 1
    (`edges.read_seed`), so its gradient is the sum over output indices of head · ∂body/∂v;
 4. collect the result (`_gradients`), in the caller's tensors;
-5. unless `optimize=False`, zero elimination and factor hoisting (`_eliminate_zeros`).
+5. unless `optimize=False`, zero elimination and factor hoisting, then crop fusion over the
+   gradients (`_eliminate_zeros`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tvm_autodiff.ir.expr import free_vars, is_float
 from tvm_autodiff.ir.graph import (SCATTER_TAG, TensorMap, make_compute, ops_post_order, outputs_of,
                                    placeholders, same_tensor)
 from tvm_autodiff.ir.reductions import fold_where_init
-from tvm_autodiff.passes import eliminate_zeros
+from tvm_autodiff.passes import eliminate_zeros, fuse_crops
 from tvm_autodiff.passes.factor import hoist
 
 from .edges import EdgeBuilder, bracket, shape_and_dtype
@@ -422,7 +423,10 @@ def _eliminate_zeros(result: Gradients, scatter: bool) -> Gradients:
         s for per in result.adjoint_summands.values() for s in per.values()]
     hoisted, rewritten = hoist(eliminate_zeros(everything, scatter))
     optimized = TensorMap(zip(everything, eliminate_zeros(hoisted, scatter, ops=rewritten)))
-    return Gradients(result.inputs, [optimized[g] for g in result.grads],
+    # Crops are fused over the gradients' graph alone: every intermediate adjoint is also a
+    # result (`adjoints`), so over everything no crop's reduction would have a single reader.
+    grads = fuse_crops([optimized[g] for g in result.grads])
+    return Gradients(result.inputs, grads,
                      TensorMap((t, optimized[a]) for t, a in result.adjoints.items()),
                      TensorMap((t, TensorMap((c, optimized[s]) for c, s in per.items()))
                                for t, per in result.adjoint_summands.items()))

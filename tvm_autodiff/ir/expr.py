@@ -65,9 +65,10 @@ def substitute(expr, vmap: dict):
     return tvm_ffi.structural_map(expr, (Var, lambda v: vmap.get(v, v)))
 
 
-def simplify(expr):
+def simplify(expr, ana=None):
     """tvm.sym.Analyzer simplification of an expression that may read tensors, with integer
-    divisions in the form TVM compiles correctly (`positive_divisions`).
+    divisions in the form TVM compiles correctly (`positive_divisions`).  `ana`: an analyzer
+    with the variables' ranges bound, which then simplify too (default: a fresh one).
 
     The analyzer hashes subexpressions and TVM cannot hash a te.Tensor (docs/tvm-0.27.md,
     "expressions that read tensors cannot be hashed"), so reads are swapped for opaque pure calls
@@ -86,7 +87,7 @@ def simplify(expr):
             return c
         return tensors[int(name[6:])](*c.args[1:])
 
-    ana = tvm.sym.Analyzer()
+    ana = tvm.sym.Analyzer() if ana is None else ana
     hidden = positive_divisions(ana.simplify(tvm_ffi.structural_map(expr, (Call, hide))), ana)
     return tvm_ffi.structural_map(hidden, (Call, reveal))
 

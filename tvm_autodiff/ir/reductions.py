@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import tvm
 import tvm_ffi
 from tvm import te, tirx
 
-from .expr import TRUE, is_const, substitute
+from .expr import TRUE, is_const, simplify, substitute
 from .graph import TensorMap, rebuild
 
 # The kinds of `reducer_kind`: the four elementwise ones, then the two that a combiner as a whole has.
@@ -73,6 +74,25 @@ def multi_reduce(combiner: tirx.CommReducer, sources: Sequence, axes: Sequence, 
     condition = TRUE if condition is None else condition
     values = range(len(sources)) if values is None else values
     return [tirx.Reduce(combiner, sources, axes, condition, v) for v in values]
+
+
+def reduction_at(op: te.ComputeOp, at: Sequence, ranges: dict) -> tirx.Reduce:
+    """The reduction of the single-output op evaluated at the indices `at`: fresh reduce axes
+    (their extents may read the indices), and source, condition and init, with op's axes replaced
+    by `at` and simplified knowing the ranges {var: Range} of the variables in `at`."""
+    r = op.body[0]
+    ana = tvm.sym.Analyzer()
+    for v, dom in ranges.items():
+        ana.bind(v, dom)
+    vmap = {iv.var: x for iv, x in zip(op.axis, at)}
+    axes = []
+    for rv in r.axis:
+        dom = tvm.ir.Range.from_min_extent(simplify(substitute(rv.dom.min, vmap), ana),
+                                           simplify(substitute(rv.dom.extent, vmap), ana))
+        axes.append(tirx.IterVar(dom, tirx.Var(rv.var.name, str(rv.var.ty.dtype)), tirx.IterVar.CommReduce))
+        vmap[rv.var] = axes[-1].var
+    return tirx.Reduce(r.combiner, [simplify(substitute(s, vmap), ana) for s in r.source], axes,
+                       simplify(substitute(r.condition, vmap), ana), 0, [substitute(i, vmap) for i in r.init])
 
 
 def _has_extras(body) -> bool:
