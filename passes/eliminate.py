@@ -18,6 +18,9 @@ For one reduction Y[i] = Σ_{k ∈ K} s(i, k):
 4. rebuild: a term with reduce axes left becomes its own tensor; Y is the elementwise sum of
             the terms.  A single unconditional term stays the reduction itself
             (`eliminate_reduction`).
+5. phases:  a single sum whose result reads an output axis v only through v div s and v mod s
+            (a strided window's adjoint) is eliminated once more for each phase v = s·q + p,
+            where it is a stride-1 window, and Y interleaves the phases (`phase.py`).
 
 Solving the Kronecker deltas of a gradient's index equations this way follows Urban & van der
 Smagt, "Automatic Differentiation for Tensor Algebras" (arXiv 1711.01348), and TVM's
@@ -43,6 +46,7 @@ from .arguments import operation_set, tensor_list
 from .domain import reduction_domain
 from .nonzero import conjunction, conjuncts, disjoint_dnf, monomials, nonzero, same
 from .padding import padded_window
+from .phase import split_phases
 from .scatter import scatter_add, scatter_atoms
 
 @dataclass(frozen=True)
@@ -314,13 +318,15 @@ def ceil_divisions(expr):
 
 
 def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True, *,
-                        memo: dict | None = None) -> list | te.Tensor | None:
+                        memo: dict | None = None, phases: bool = True) -> list | te.Tensor | None:
     """New bodies for a single-output sum reduction op with bodies `bodies` (see the module
     docstring), or None when op is no such reduction or has no zeros to eliminate.  With
     `scatter`, sums over data-dependent brackets become scatter-add extern ops; a reduction that
     is one scatter comes back as that tensor, which replaces op (see `rebuild`).  `memo`, a dict
     shared by the calls on one graph (`eliminate_zeros` passes one), keeps `inline_sparse`'s
-    decisions, so that the elementwise tensors above many reductions are inspected once."""
+    decisions, so that the elementwise tensors above many reductions are inspected once.
+    `phases`: whether a sum that reads an output axis through divisions by a stride is
+    eliminated again per phase of that axis (step 5, `phase.py`)."""
     _check_reduction_arguments(op, bodies, scatter, memo)
     if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
         return None
@@ -338,7 +344,10 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True, *,
     if len(terms) == 1 and terms[0].axes and is_const(terms[0].cond, True) and terms[0].scatter is None:
         t = terms[0]
         axes = [te.reduce_axis((0, ext), name=k.name) for k, ext in t.axes]
-        return [te.sum(substitute(t.body, {k: rv.var for (k, _), rv in zip(t.axes, axes)}), axis=axes)]
+        result = [te.sum(substitute(t.body, {k: rv.var for (k, _), rv in zip(t.axes, axes)}), axis=axes)]
+        split = split_phases(op, bodies, result, lambda o: eliminate_reduction(
+            o, list(o.body), scatter, memo=memo, phases=False)) if phases else None
+        return result if split is None else split
     # The scatter terms add into one tensor (scatter.py's `scatter_add`), which replaces op itself
     # when no other term is left.
     scatters = [(t.scatter, t.axes, t.body) for t in terms if t.scatter is not None]

@@ -17,6 +17,7 @@ gradient.  It does the box's work instead of the windows' (for a kernel R on N o
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -25,8 +26,8 @@ import tvm_ffi
 from tvm import sym, tirx
 from tvm.ir import Call
 
-from tvm_autodiff.ir.expr import free_vars, is_const, reads
-from tvm_autodiff.ir.graph import is_load, make_compute, same_tensor
+from tvm_autodiff.ir.expr import free_vars, is_const, reads, simplify, substitute, tensor_loads
+from tvm_autodiff.ir.graph import make_compute, same_tensor
 
 from .factor import product
 from .nonzero import same
@@ -67,6 +68,23 @@ def _in_bounds(atom, load) -> bool:
 
 
 
+def _unit_bound(atom):
+    """c·t + b >= 0 (or > 0) on one variable t, with constants c != 0 and b, as t >= k or t < k;
+    any other atom as it is."""
+    diff = _difference(atom)
+    if diff is None or len(free_vars(diff[0])) != 1:
+        return atom
+    (t,) = free_vars(diff[0])
+    coefs = list(sym.detect_linear_equation(diff[0], [t]))
+    if not coefs or not all(isinstance(c, tirx.IntImm) for c in coefs) or coefs[0].value == 0:
+        return atom
+    c, b = coefs[0].value, coefs[1].value - (1 if diff[1] else 0)   # c·t + b >= 0
+    dtype = str(t.ty.dtype)
+    if c > 0:
+        return tirx.GE(t, tirx.const(-(b // c), dtype))          # t >= ceil(-b / c)
+    return tirx.LT(t, tirx.const(b // -c + 1, dtype))            # t <= floor(b / -c)
+
+
 def _box(atoms: list, red: list) -> tuple[dict, list]:
     """({var: (lo, hi)} for the reduce variables, tightened by the atoms that bound one of them by
     a constant; the other atoms).  A variable without a range (a fresh one of the solver) starts
@@ -98,8 +116,7 @@ def _guarded_read(atoms: list, value, red_vars: set):
     on_red = [a for a in atoms if free_vars(a) & red_vars]
     if not on_red:
         return None
-    loads = []
-    tvm_ffi.structural_walk(value, (Call, lambda c: loads.append(c) if is_load(c) else None))
+    loads = tensor_loads(value)
     load = next((l for l in loads if _in_bounds(on_red[0], l)), None)
     if load is None or not all(_in_bounds(a, load) for a in on_red):
         return None
@@ -130,6 +147,59 @@ def _pads(load, ana, box_vars: list) -> Optional[list]:
     return pads
 
 
+def _difference(atom):
+    """(d, strict) with the atom saying d >= 0 (strict: d > 0), for an integer comparison; else None."""
+    if isinstance(atom, (tirx.GE, tirx.GT)):
+        return atom.a - atom.b, isinstance(atom, tirx.GT)
+    if isinstance(atom, (tirx.LE, tirx.LT)):
+        return atom.b - atom.a, isinstance(atom, tirx.LT)
+    return None
+
+
+def _offset(atoms: list, v, outer_vars: list):
+    """a(i), affine in the outer variables with integer coefficients, when an atom is c·v - c·a(i)
+    + b >= 0 (or > 0) for constants c != 0 and b and some outer variable in a; else None."""
+    for atom in atoms:
+        diff = _difference(atom)
+        if diff is None or v not in free_vars(diff[0]):
+            continue
+        coefs = list(sym.detect_linear_equation(diff[0], [v] + outer_vars))
+        if not coefs or not all(isinstance(c, tirx.IntImm) for c in coefs) or coefs[0].value == 0:
+            continue
+        c = coefs[0].value
+        if all(k.value == 0 for k in coefs[1:-1]) or any(k.value % c for k in coefs[1:-1]):
+            continue
+        return functools.reduce(lambda x, y: x + y, [(-k.value // c) * o for k, o in zip(coefs[1:-1], outer_vars)
+                                                      if k.value])
+    return None
+
+
+def _recentered(atoms: list, value, outer: list, red: list):
+    """(atoms, value, red) with each fresh variable f of the solver (one without a range) that an
+    atom ties to the outer variables as c·(f - a(i)) + b >= 0 replaced by t + a(i), t a fresh
+    variable too; None when there is none.
+
+    Once the phase of a strided window is a constant (passes/phase.py), the solver leaves its
+    taps as 0 <= s·(q + f) + p < K for the head's index -f: an extent that depends on the output q
+    through the head's bounds at the edges.  Centred, t = f + q has the constant range of the
+    taps, and 0 <= q - t < n is the head's in-bounds check, which padding turns into a padded
+    read.  (The variables of a plain window keep their ranges: centring one would pad the kernel
+    instead of the head.)"""
+    outer_vars = [v for v, _, _ in outer]
+    sub, new_red = {}, []
+    for v, lo, ext in red:
+        a = _offset(atoms, v, outer_vars) if lo is None else None
+        if a is None:
+            new_red.append((v, lo, ext))
+            continue
+        t = tirx.Var(v.name + "_c", str(v.ty.dtype))
+        sub[v] = t + a
+        new_red.append((t, None, None))
+    if not sub:
+        return None
+    return [simplify(substitute(x, sub)) for x in atoms], simplify(substitute(value, sub)), new_red
+
+
 def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[object, list]]:
     """(value', box) with Σ_{red} [∧ atoms] · value == Σ_{box} value' when, besides constant
     bounds on single reduce variables (which make the box) and conditions that the output's own
@@ -138,8 +208,19 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
     has a symbolic extent, or when padding would more than MAX_PAD_RATIO-fold T.
 
     outer, red: [(var, min, extent)] (red may hold the solver's fresh variables, without a range;
-    outer extents may be symbolic); box: [(var, min, extent)] with constant bounds."""
-    bounds, atoms = _box(atoms, red)
+    outer extents may be symbolic); box: [(var, min, extent)] with constant bounds.  Where the
+    solver's variables give no such box, they are centred on the outer ones (`_recentered`) and
+    tried once more."""
+    found = _padded(atoms, value, outer, red)
+    if found is not None:
+        return found
+    centred = _recentered(atoms, value, outer, red)
+    return None if centred is None else _padded(centred[0], centred[1], outer, centred[2])
+
+
+def _padded(atoms: list, value, outer: list, red: list) -> Optional[tuple[object, list]]:
+    """`padded_window` for the variables as they are."""
+    bounds, atoms = _box([_unit_bound(a) for a in atoms], red)
     if len(bounds) != len(red) or any(hi - lo > _MAX_EXTENT or hi <= lo for lo, hi in bounds.values()):
         return None
     guarded = _guarded_read(atoms, value, {v for v, _, _ in red})

@@ -45,11 +45,37 @@ def free_vars(e) -> set:
     return found
 
 
+_EVAL = {tirx.Add: lambda a, b: a + b, tirx.Sub: lambda a, b: a - b, tirx.Mul: lambda a, b: a * b,
+         tirx.FloorDiv: lambda a, b: a // b, tirx.FloorMod: lambda a, b: a % b,
+         tirx.Min: min, tirx.Max: max, tirx.LT: lambda a, b: a < b, tirx.LE: lambda a, b: a <= b,
+         tirx.GT: lambda a, b: a > b, tirx.GE: lambda a, b: a >= b, tirx.EQ: lambda a, b: a == b,
+         tirx.NE: lambda a, b: a != b, tirx.And: lambda a, b: a and b, tirx.Or: lambda a, b: a or b}
+
+
+def evaluate(e, env: dict) -> int:
+    """Integer (or boolean) index expression e at the point env ({Var: int}); KeyError for a node
+    it does not know, such as a tensor read."""
+    if isinstance(e, tirx.IntImm):
+        return e.value
+    if isinstance(e, tirx.Var):
+        return env[e]
+    if isinstance(e, tirx.Select):
+        return evaluate(e.true_value if evaluate(e.condition, env) else e.false_value, env)
+    if isinstance(e, tirx.Not):
+        return not evaluate(e.a, env)
+    return _EVAL[type(e)](evaluate(e.a, env), evaluate(e.b, env))
+
+
+def tensor_loads(e) -> list:
+    """The tensor reads T[idx] in `e` (te tensor_load calls), once per read."""
+    found = []
+    tvm_ffi.structural_walk(e, (Call, lambda c: found.append(c) if is_load(c) else None))
+    return found
+
+
 def reads(e) -> list:
     """The tensors that `e` reads, once per read."""
-    found = []
-    tvm_ffi.structural_walk(e, (Call, lambda c: found.append(c.args[0]) if is_load(c) else None))
-    return found
+    return [c.args[0] for c in tensor_loads(e)]
 
 
 def loads_only(e) -> bool:

@@ -27,7 +27,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-from ..ir.expr import free_vars
+from ..ir.expr import evaluate, free_vars
 from .guarded_update import Guard, guarded
 from .nodes import is_true, loop_nest, peel_loops, rename, root_statements, with_root_body
 from .window_partition import partition
@@ -81,20 +81,6 @@ def _padded_axes(block, loops, ana):
 # Largest number of iteration points over which `_largest` evaluates an extent exactly.
 MAX_ENUMERATED = 4096
 
-_EVAL = {tirx.Add: lambda a, b: a + b, tirx.Sub: lambda a, b: a - b, tirx.Mul: lambda a, b: a * b,
-         tirx.FloorDiv: lambda a, b: a // b, tirx.FloorMod: lambda a, b: a % b,
-         tirx.Min: min, tirx.Max: max}
-
-
-def _evaluate(e, env: dict) -> int:
-    """Integer expression e at the point env ({Var: int}); KeyError for a node it does not know."""
-    if isinstance(e, tirx.IntImm):
-        return e.value
-    if isinstance(e, tirx.Var):
-        return env[e]
-    return _EVAL[type(e)](_evaluate(e.a, env), _evaluate(e.b, env))
-
-
 def _largest(extent, domains: dict):
     """The exact maximum of `extent` over the block's iteration domain, by evaluating it at every
     point of the variables it uses (at most MAX_ENUMERATED), or None.  The analyzer's bound treats
@@ -113,7 +99,7 @@ def _largest(extent, domains: dict):
     if math.prod(len(r) for r in ranges) > MAX_ENUMERATED:
         return None
     try:
-        return max(_evaluate(extent, dict(zip(names, point))) for point in itertools.product(*ranges))
+        return max(evaluate(extent, dict(zip(names, point))) for point in itertools.product(*ranges))
     except KeyError:
         return None
 
