@@ -31,6 +31,7 @@ import itertools
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import sym, te, tirx
@@ -178,19 +179,19 @@ def _phase_work(tensors: list, raw: te.ComputeOp) -> int:
 
 def _work(op, r: tirx.Reduce) -> int:
     """The eliminated sum's iterations: the product of its reduce extents summed over its points,
-    evaluated at every value of the output axes that the extents read (at most MAX_ENUMERATED
-    points; beyond, each extent counts with its analyzer bound)."""
+    evaluated at once over every value of the output axes that the extents read (at most
+    MAX_ENUMERATED points; beyond, or for symbolic ones, each extent counts with its analyzer
+    bound)."""
     used = [iv for iv in op.axis if any(iv.var in free_vars(rv.dom.extent) for rv in r.axis)]
-    points = _volume(iv.dom.extent for iv in used) if all(isinstance(iv.dom.extent, tirx.IntImm) for iv in used) else None
-    rest = _volume(iv.dom.extent for iv in op.axis) // (points or 1)
-    if points is None or points > MAX_ENUMERATED:
+    volume = _volume(iv.dom.extent for iv in op.axis)
+    if not all(isinstance(iv.dom.extent, tirx.IntImm) for iv in used) or _volume(iv.dom.extent for iv in used) > MAX_ENUMERATED:
         ana = sym.Analyzer()
         for iv in op.axis:
             ana.bind(iv.var, iv.dom)
-        return _volume(iv.dom.extent for iv in op.axis) * math.prod(
-            max(ana.const_int_bound(rv.dom.extent).max_value, 0) for rv in r.axis)
-    total = 0
-    for point in itertools.product(*(range(iv.dom.extent.value) for iv in used)):
-        env = {iv.var: x for iv, x in zip(used, point)}
-        total += math.prod(max(evaluate(rv.dom.extent, env), 0) for rv in r.axis)
-    return rest * total
+        return volume * math.prod(max(ana.const_int_bound(rv.dom.extent).max_value, 0) for rv in r.axis)
+    grid = np.meshgrid(*(np.arange(iv.dom.extent.value) for iv in used), indexing="ij")
+    cols = {iv.var: g.ravel() for iv, g in zip(used, grid)}
+    per_point = np.ones(max(1, _volume(iv.dom.extent for iv in used)), dtype=np.int64)
+    for rv in r.axis:
+        per_point = per_point * np.maximum(evaluate(rv.dom.extent, cols.__getitem__), 0)
+    return volume // _volume(iv.dom.extent for iv in used) * int(per_point.sum())

@@ -22,11 +22,11 @@ from functools import reduce
 import numpy as np
 import tvm_ffi
 from tvm import te, tirx
-from tvm.ir import Call, Op, StringImm, Var
+from tvm.ir import Op, StringImm, Var
 from tvm.ir.expr import Expr
 from tvm.s_tir import SBlock, SBlockRealize
 
-from tvm_autodiff.ir.expr import cast, free_vars, simplify, substitute
+from tvm_autodiff.ir.expr import cast, evaluate, free_vars, simplify, substitute
 from tvm_autodiff.ir.graph import ops_post_order, outputs_of, placeholders, unique_tensors
 from tvm_autodiff.passes import eliminate_zeros
 from tvm_autodiff.passes.arguments import tensor_list
@@ -460,44 +460,10 @@ def _bind(bindings, dims: list, fn: str) -> _Bindings:
 
 def _evaluate(expr, cols, bindings):
     """Integer value of an index expression: an int, or a numpy array over the enumerated rows."""
-    if isinstance(expr, Var):
-        return cols[expr] if expr in cols else bindings[expr]
-    rule = _EVAL.get(type(expr))
-    if rule is None or (isinstance(expr, Call) and expr.op.name != "prim.if_then_else"):
-        raise NotImplementedError(f"work: cannot evaluate loop bound {format_expr(expr)} ({type(expr).__name__})")
-    value = rule(expr, lambda e: _evaluate(e, cols, bindings))
-    return int(value) if np.ndim(value) == 0 else value
-
-
-def _trunc_div(a, b):
-    return np.fix(np.true_divide(a, b)).astype(np.int64)
-
-
-# Rules: (expr, evaluate) -> value.  Integers stay Python ints until a numpy column comes in.
-_EVAL = {
-    tirx.IntImm: lambda e, ev: e.value,
-    tirx.Add: lambda e, ev: ev(e.a) + ev(e.b),
-    tirx.Sub: lambda e, ev: ev(e.a) - ev(e.b),
-    tirx.Mul: lambda e, ev: ev(e.a) * ev(e.b),
-    tirx.FloorDiv: lambda e, ev: ev(e.a) // ev(e.b),  # Python and numpy round down, like TIR's floordiv
-    tirx.FloorMod: lambda e, ev: ev(e.a) % ev(e.b),
-    tirx.Div: lambda e, ev: _trunc_div(ev(e.a), ev(e.b)),
-    tirx.Mod: lambda e, ev: ev(e.a) - _trunc_div(ev(e.a), ev(e.b)) * ev(e.b),
-    tirx.Min: lambda e, ev: np.minimum(ev(e.a), ev(e.b)),
-    tirx.Max: lambda e, ev: np.maximum(ev(e.a), ev(e.b)),
-    tirx.Cast: lambda e, ev: ev(e.value),
-    tirx.Select: lambda e, ev: np.where(ev(e.condition), ev(e.true_value), ev(e.false_value)),
-    Call: lambda e, ev: np.where(ev(e.args[0]), ev(e.args[1]), ev(e.args[2])),  # if_then_else
-    tirx.EQ: lambda e, ev: np.equal(ev(e.a), ev(e.b)),
-    tirx.NE: lambda e, ev: np.not_equal(ev(e.a), ev(e.b)),
-    tirx.LT: lambda e, ev: np.less(ev(e.a), ev(e.b)),
-    tirx.LE: lambda e, ev: np.less_equal(ev(e.a), ev(e.b)),
-    tirx.GT: lambda e, ev: np.greater(ev(e.a), ev(e.b)),
-    tirx.GE: lambda e, ev: np.greater_equal(ev(e.a), ev(e.b)),
-    tirx.And: lambda e, ev: np.logical_and(ev(e.a), ev(e.b)),
-    tirx.Or: lambda e, ev: np.logical_or(ev(e.a), ev(e.b)),
-    tirx.Not: lambda e, ev: np.logical_not(ev(e.a)),
-}
+    try:
+        return evaluate(expr, lambda v: cols[v] if v in cols else bindings[v])
+    except KeyError as err:
+        raise NotImplementedError(f"work: cannot evaluate loop bound {format_expr(expr)} ({err.args[0]})") from None
 
 
 def _materialized(tensors) -> list:

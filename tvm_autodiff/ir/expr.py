@@ -5,6 +5,7 @@ substitution, and simplification of expressions that may read tensors.
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import te, tirx
@@ -45,25 +46,49 @@ def free_vars(e) -> set:
     return found
 
 
-_EVAL = {tirx.Add: lambda a, b: a + b, tirx.Sub: lambda a, b: a - b, tirx.Mul: lambda a, b: a * b,
-         tirx.FloorDiv: lambda a, b: a // b, tirx.FloorMod: lambda a, b: a % b,
-         tirx.Min: min, tirx.Max: max, tirx.LT: lambda a, b: a < b, tirx.LE: lambda a, b: a <= b,
-         tirx.GT: lambda a, b: a > b, tirx.GE: lambda a, b: a >= b, tirx.EQ: lambda a, b: a == b,
-         tirx.NE: lambda a, b: a != b, tirx.And: lambda a, b: a and b, tirx.Or: lambda a, b: a or b}
+def _trunc_div(a, b):
+    return np.fix(np.true_divide(a, b)).astype(np.int64)
 
 
-def evaluate(e, env: dict) -> int:
-    """Integer (or boolean) index expression e at the point env ({Var: int}); KeyError for a node
-    it does not know, such as a tensor read."""
-    if isinstance(e, tirx.IntImm):
-        return e.value
-    if isinstance(e, tirx.Var):
-        return env[e]
-    if isinstance(e, tirx.Select):
-        return evaluate(e.true_value if evaluate(e.condition, env) else e.false_value, env)
-    if isinstance(e, tirx.Not):
-        return not evaluate(e.a, env)
-    return _EVAL[type(e)](evaluate(e.a, env), evaluate(e.b, env))
+# Rules: (expr, evaluate) -> value.  Integers stay Python ints until a numpy column comes in.
+_EVAL = {
+    tirx.IntImm: lambda e, ev: e.value,
+    tirx.Add: lambda e, ev: ev(e.a) + ev(e.b),
+    tirx.Sub: lambda e, ev: ev(e.a) - ev(e.b),
+    tirx.Mul: lambda e, ev: ev(e.a) * ev(e.b),
+    tirx.FloorDiv: lambda e, ev: ev(e.a) // ev(e.b),  # Python and numpy round down, like TIR's floordiv
+    tirx.FloorMod: lambda e, ev: ev(e.a) % ev(e.b),
+    tirx.Div: lambda e, ev: _trunc_div(ev(e.a), ev(e.b)),
+    tirx.Mod: lambda e, ev: ev(e.a) - _trunc_div(ev(e.a), ev(e.b)) * ev(e.b),
+    tirx.Min: lambda e, ev: np.minimum(ev(e.a), ev(e.b)),
+    tirx.Max: lambda e, ev: np.maximum(ev(e.a), ev(e.b)),
+    tirx.Cast: lambda e, ev: ev(e.value),
+    tirx.Select: lambda e, ev: np.where(ev(e.condition), ev(e.true_value), ev(e.false_value)),
+    Call: lambda e, ev: np.where(ev(e.args[0]), ev(e.args[1]), ev(e.args[2])),  # if_then_else
+    tirx.EQ: lambda e, ev: np.equal(ev(e.a), ev(e.b)),
+    tirx.NE: lambda e, ev: np.not_equal(ev(e.a), ev(e.b)),
+    tirx.LT: lambda e, ev: np.less(ev(e.a), ev(e.b)),
+    tirx.LE: lambda e, ev: np.less_equal(ev(e.a), ev(e.b)),
+    tirx.GT: lambda e, ev: np.greater(ev(e.a), ev(e.b)),
+    tirx.GE: lambda e, ev: np.greater_equal(ev(e.a), ev(e.b)),
+    tirx.And: lambda e, ev: np.logical_and(ev(e.a), ev(e.b)),
+    tirx.Or: lambda e, ev: np.logical_or(ev(e.a), ev(e.b)),
+    tirx.Not: lambda e, ev: np.logical_not(ev(e.a)),
+}
+
+
+def evaluate(expr, lookup):
+    """The value of an integer (or boolean) index expression, with each variable's value given by
+    `lookup(var)`: an int, or a numpy array for a column of points (the result is then an array
+    over them).  KeyError for a node it does not know: a tensor read, a call other than
+    if_then_else."""
+    if isinstance(expr, Var):
+        return lookup(expr)
+    rule = _EVAL.get(type(expr))
+    if rule is None or (isinstance(expr, Call) and expr.op.name != "prim.if_then_else"):
+        raise KeyError(type(expr).__name__)
+    value = rule(expr, lambda e: evaluate(e, lookup))
+    return int(value) if np.ndim(value) == 0 else value
 
 
 def tensor_loads(e) -> list:

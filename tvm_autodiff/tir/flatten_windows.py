@@ -99,7 +99,7 @@ def _largest(extent, domains: dict):
     if math.prod(len(r) for r in ranges) > MAX_ENUMERATED:
         return None
     try:
-        return max(evaluate(extent, dict(zip(names, point))) for point in itertools.product(*ranges))
+        return max(evaluate(extent, dict(zip(names, point)).__getitem__) for point in itertools.product(*ranges))
     except KeyError:
         return None
 
