@@ -10,8 +10,8 @@ axes, c: constants),
     Y[v] = ⊕_{r ∈ D(v + c)} f(v + c, r)
 
 Exact: Y holds the values of R that it read, and R is gone.  An elementwise R is inlined the
-same way, so a graph whose shapes make a sum elementwise (a batch of 1) keeps the same work.  The work is R's on Y's grid only,
-and that grid is often the one the schedules tile well: a 3×3 convolution's input gradient over
+same way, so a graph whose shapes make a sum elementwise (a batch of 1) keeps the same work.
+The work is R's on Y's grid only, and that grid is often the one the schedules tile well: a 3×3 convolution's input gradient over
 32 columns instead of the 34 of the padded input (34 = 2·17 leaves 2-lane vectors).
 """
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _fusable(load, axes: list, counts: Counter):
 
 def fuse_crops(tensors):
     """The graph of `tensors` (a tensor or a list) with every compute op that only a copy reads,
-    at the copy's indices plus constants, computed on the copy's grid (module docstring).  Values are unchanged; the tensors keep their names."""
+    at the copy's indices plus constants, computed on the copy's grid (module docstring).
+    Values are unchanged; the tensors keep their names."""
     items = tensor_list(tensors, "fuse_crops() tensors")
     counts = _read_counts(items)
 

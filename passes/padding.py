@@ -148,12 +148,12 @@ def _pads(load, ana, box_vars: list) -> Optional[list]:
 
 
 def _difference(atom):
-    """(d, strict) with the atom saying d >= 0 (strict: d > 0), for an integer comparison; else None."""
-    if isinstance(atom, (tirx.GE, tirx.GT)):
-        return atom.a - atom.b, isinstance(atom, tirx.GT)
-    if isinstance(atom, (tirx.LE, tirx.LT)):
-        return atom.b - atom.a, isinstance(atom, tirx.LT)
-    return None
+    """(d, strict) with the atom saying d >= 0 (strict: d > 0), for a comparison; else None."""
+    bound = _bound(atom)
+    if bound is None:
+        return None
+    e, side, b = bound
+    return (e - b, False) if side == "lo" else (b - e, True)
 
 
 def _offset(atoms: list, v, outer_vars: list):
