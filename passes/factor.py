@@ -229,12 +229,13 @@ def _resum(r: tirx.Reduce, source, vmap: dict):
     return te.sum(substitute(source, vmap), axis=fresh)
 
 
-def hoist(tensors: list) -> tuple[list, list]:
+def hoist(tensors: list, keep=frozenset()) -> tuple[list, list]:
     """(`hoist_factors` of the list `tensors`, the ops whose bodies it wrote).  Only those can
     hold new sums over Kronecker deltas for another round of zero elimination; the others would
-    only be re-split (elimination is not idempotent on its own results)."""
+    only be re-split (elimination is not idempotent on its own results).  The ops in `keep` (a
+    set closed under inputs, such as a forward graph) stay as they are."""
     hoister = _Hoister()
-    out, _ = rebuild(list(tensors), hoister)
+    out, _ = rebuild(list(tensors), lambda op, bodies: None if op in keep else hoister(op, bodies))
     return out, hoister.rewritten
 
 

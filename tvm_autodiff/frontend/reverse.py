@@ -91,7 +91,8 @@ def differentiate(output: te.Tensor, inputs=None, head: Optional[te.Tensor] = No
     sweep.run(ops, _needs_adjoint(ops, fwd_inputs, scalar_reads), scalar_reads)
     manual_table.warn_unused()
     result = _gradients(inputs, fwd_inputs, sweep, remap)
-    return _eliminate_zeros(result, scatter) if optimize else result
+    forward = set(ops_post_order([fwd_out] + ([head] if head is not None else [])))
+    return _eliminate_zeros(result, scatter, forward) if optimize else result
 
 
 # -- 1. checks -------------------------------------------------------------------------------------
@@ -415,13 +416,18 @@ def _gradients(inputs: list, fwd_inputs: list, sweep: _Sweep, remap: TensorMap) 
     return Gradients(inputs, grads, adjoints, adjoint_summands)
 
 
-def _eliminate_zeros(result: Gradients, scatter: bool) -> Gradients:
+def _eliminate_zeros(result: Gradients, scatter: bool, forward: set) -> Gradients:
     """Zero elimination and factor hoisting over every tensor of the result at once, so shared
     adjoints stay shared.  Hoisting can turn sums over Kronecker deltas into sums that a second
-    elimination round removes (the bracket moves into the hoisted sum's own body)."""
+    elimination round removes (the bracket moves into the hoisted sum's own body).  The ops of
+    the forward graph and the head (`forward`) stay as they are: the caller computes them anyway
+    (the loss of a training step), and a rewritten copy would compute every forward value after
+    it a second time (a batch norm's mean of shape (1, C, 1, 1) hoisted to (C,) duplicated the
+    convolutions behind it in the ResNet step of benchmarks/models.py)."""
     everything = result.grads + list(result.adjoints.values()) + [
         s for per in result.adjoint_summands.values() for s in per.values()]
-    hoisted, rewritten = hoist(eliminate_zeros(everything, scatter))
+    backward = set(ops_post_order(everything)) - forward
+    hoisted, rewritten = hoist(eliminate_zeros(everything, scatter, ops=backward), keep=forward)
     optimized = TensorMap(zip(everything, eliminate_zeros(hoisted, scatter, ops=rewritten)))
     # Crops are fused over the gradients' graph alone: every intermediate adjoint is also a
     # result (`adjoints`), so over everything no crop's reduction would have a single reader.
