@@ -42,6 +42,8 @@ def test_cpu_config_from_target(target, vector_bytes):
     assert config.lanes("float32") == vector_bytes // 4
     assert config.row_lanes("float64") == 2 * vector_bytes // 8
     assert CpuConfig.of(target, vectorize=False).lanes("float32") == 0
+    wide = 64 if "avx512" in str(target) else vector_bytes   # the uncapped vector
+    assert config.wide_lanes("float32") == wide // 4
 
 
 def test_gpu_config_from_target():
@@ -303,3 +305,25 @@ def test_dot_tile_blocks_columns_that_overflow_l2():
         assert m.rules["T_matmul_NT"] == "dot-tile", m.explain()
         xv, wv = rand(16, 128), rand(n, 128)
         np.testing.assert_allclose(m(xv, wv), xv @ wv.T, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_tile_takes_the_widest_vector_where_it_divides_the_columns():
+    """On an AVX-512 target a GEMM with 256 columns gets 16-lane (512-bit) vectors, and a 3x3
+    convolution over 28-wide rows keeps 256-bit ones (lanes of at most two machine vectors, 14);
+    packed B panels start at MIN_PACKED_TILES = 4 column tiles (the GEMM's 256 / 64).  Values
+    against numpy, built for this host."""
+    config = CpuConfig.of(llvm("skylake-avx512"))
+    a, b = te.placeholder((64, 512), name="A"), te.placeholder((512, 256), name="B")
+    c = topi.matmul(a, b)
+    sch, infos = _schedule_of([c], [a, b])
+    plan = MatmulTile().plan(sch, infos["T_matmul"], config)
+    assert (plan.lanes, plan.cols, plan.packed is not None) == (16, 64, True), plan
+    x, w = te.placeholder((2, 8, 28, 28), name="x"), te.placeholder((16, 8, 3, 3), name="w")
+    y = topi.nn.conv2d(x, w, 1, 1, 1)
+    sch, infos = _schedule_of([y], [x, w])
+    plan = MatmulTile().plan(sch, infos["conv2d_nchw"], config)
+    assert (plan.lanes, plan.cols) == (14, 28), plan
+    m = ad.build(c, [a, b])
+    assert m.rules["T_matmul"] == "matmul-tile", m.explain()
+    av, bv = rand(64, 512), rand(512, 256)
+    np.testing.assert_allclose(m(av, bv), av @ bv, rtol=1e-4, atol=1e-4)

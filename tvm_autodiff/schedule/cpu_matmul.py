@@ -27,9 +27,10 @@ from ..tir.nodes import uses
 # Rows of a matmul register tile.
 MAX_TILE_ROWS = 8
 # Pack B's column panel only when at least this many row tiles reuse it, and the column tiles
-# (the parallel loop) are at least MIN_PACKED_TILES.
+# (the parallel loop) are at least MIN_PACKED_TILES: 4 keeps packing the 256-wide GEMMs of GPT's
+# gradients in 64-column (16-lane) tiles, which ran 1.1-1.5 times slower unpacked.
 MIN_ROW_TILES_PER_PANEL = 4
-MIN_PACKED_TILES = 8
+MIN_PACKED_TILES = 4
 # Rows and columns of a dot-product tile, each at most this (and r·c within the accumulators): 6
 # where AVX-512's 24 accumulators fit a 4 x 6 tile (conv 3x3 weight gradient at (16, 64, 28, 28):
 # 13.5 -> 11 ms; AVX2's 12 keep them at 3 x 4).
@@ -62,6 +63,15 @@ def matmul_tile(rows: int, cols: int, vec: int, max_acc: int) -> Optional[tuple[
                 if best_key is None or key > best_key:
                     best, best_key = (r, l * m, l), key
     return best if best and best_key[1] >= 2 * vec else None
+
+
+def _tile_lanes(cols: int, config, dtype) -> int:
+    """Machine-vector lanes of a matmul tile over `cols` columns: the target's widest vector where
+    it divides them (AVX-512 on a GEMM: dense weight gradients at GPT sizes 19 -> 16 ms and
+    8 -> 5.5 ms), else MAX_VECTOR_BYTES' (a 28-wide convolution row in 16-lane vectors ran 3.5
+    times slower; README, "Schedules")."""
+    wide = config.wide_lanes(dtype)
+    return wide if cols % wide == 0 else config.lanes(dtype)
 
 
 def _plain_reduction(sch, info, config):
@@ -148,7 +158,8 @@ class MatmulTile(_TileRule):
             return operands
         along_j, along_i = operands
         rows = spatial[row].extent
-        tile = matmul_tile(rows, cols, config.lanes(info.dtype), config.max_accumulators) if rows else None
+        vec = _tile_lanes(cols, config, info.dtype)
+        tile = matmul_tile(rows, cols, vec, config.max_accumulators) if rows else None
         if tile is None:
             return Decline("no register tile divides the output")
         tr, tc, lanes = tile

@@ -15,7 +15,8 @@ import tvm
 # Widest machine vector the register-tile model uses.  The tiles (`_matmul_tile`, dot tiles) were
 # chosen and measured with 256-bit vectors and 16 vector registers (AVX2); on AVX-512 targets
 # they still use 256-bit vectors (this project's benchmark CPU, a znver5, has AVX-512), which
-# keeps the measured tiles.  See README, "Schedules".
+# keeps the measured tiles, except the matmul tile over columns that the widest vector divides
+# (`CpuConfig.wide_lanes`).  See README, "Schedules".
 MAX_VECTOR_BYTES = 32
 # L1 data cache assumed by the matmul panel-packing test: a B panel larger than this is copied
 # contiguously.  Chosen on the 1000x2000x1000 GEMM (62 -> 41 ms with packing).
@@ -96,14 +97,17 @@ class CpuConfig:
     l1_bytes: int = L1_BYTES
     l2_block_bytes: int = L2_BLOCK_BYTES
     max_accumulators: int = int(16 * ACCUMULATOR_SHARE)
+    machine_vector_bytes: int = 0   # the target's own widest vector (vector_bytes is capped)
 
     @staticmethod
     def of(target: tvm.target.Target, vectorize: bool = True) -> "CpuConfig":
         def feature(table, default):
             return next((v for f, v in table if tvm.target.codegen.target_has_features(f, target)), default)
         cores = int(target.attrs.get("num-cores", host_cores()))
-        return CpuConfig(cores, min(feature(_VECTOR_FEATURES, 16), MAX_VECTOR_BYTES), vectorize,
-                         max_accumulators=int(feature(_REGISTER_FEATURES, 16) * ACCUMULATOR_SHARE))
+        widest = feature(_VECTOR_FEATURES, 16)
+        return CpuConfig(cores, min(widest, MAX_VECTOR_BYTES), vectorize,
+                         max_accumulators=int(feature(_REGISTER_FEATURES, 16) * ACCUMULATOR_SHARE),
+                         machine_vector_bytes=widest)
 
     def parallel_pays(self, info) -> bool:
         """Whether block `info` is worth a parallel loop: several cores, and at least
@@ -114,6 +118,11 @@ class CpuConfig:
     def lanes(self, dtype) -> int:
         """Elements of `dtype` in one machine vector (0 when vectorization is off)."""
         return max(1, self.vector_bytes * 8 // _bits(dtype)) if self.vectorize else 0
+
+    def wide_lanes(self, dtype) -> int:
+        """Elements of `dtype` in the target's widest vector, past MAX_VECTOR_BYTES (0 when
+        vectorization is off): the matmul tile's lanes where they divide its columns."""
+        return max(self.lanes(dtype), self.machine_vector_bytes * 8 // _bits(dtype)) if self.vectorize else 0
 
     def row_lanes(self, dtype) -> int:
         """Widest vector loop of the row rules: two machine vectors, which LLVM splits into two
