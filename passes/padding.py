@@ -35,7 +35,8 @@ from .nonzero import same
 # Largest padded/unpadded volume of the padded tensor: bounds the box's extra work (the windows
 # of a 5x5 kernel on a 12x12 gradient pad 8x8 to 16x16, ratio 4).
 MAX_PAD_RATIO = 4.0
-# Longest box side: beyond a window's few taps the exact shrunken ranges are worth their guards.
+# Longest box side along a padded axis: beyond a window's few taps the exact shrunken ranges are
+# worth their guards.
 _MAX_EXTENT = 64
 
 
@@ -221,7 +222,7 @@ def padded_window(atoms: list, value, outer: list, red: list) -> Optional[tuple[
 def _padded(atoms: list, value, outer: list, red: list) -> Optional[tuple[object, list]]:
     """`padded_window` for the variables as they are."""
     bounds, atoms = _box([_unit_bound(a) for a in atoms], red)
-    if len(bounds) != len(red) or any(hi - lo > _MAX_EXTENT or hi <= lo for lo, hi in bounds.values()):
+    if len(bounds) != len(red) or any(hi <= lo or math.isinf(hi - lo) for lo, hi in bounds.values()):
         return None
     guarded = _guarded_read(atoms, value, {v for v, _, _ in red})
     if guarded is None:
@@ -234,6 +235,11 @@ def _padded(atoms: list, value, outer: list, red: list) -> Optional[tuple[object
         ana.bind(v, tvm.ir.Range.from_min_extent(lo, ext))
     pads = _pads(load, ana, [v for v, _, _ in box])
     if pads is None or not any(lo or hi for lo, hi in pads):
+        return None
+    padded_vars = set().union(*(free_vars(i) for i, p in zip(load.args[1:], pads) if p != (0, 0)))
+    if any(bounds[v][1] - bounds[v][0] > _MAX_EXTENT for v in padded_vars if v in bounds):
+        # Only the sides of padded axes count: a convolution's input gradient sums its 128
+        # output channels whole either way.
         return None
     shape = load.args[0].shape
     grown = [(n.value + lo + hi, n.value) for n, (lo, hi) in zip(shape, pads) if lo or hi]
