@@ -327,3 +327,26 @@ def test_matmul_tile_takes_the_widest_vector_where_it_divides_the_columns():
     assert m.rules["T_matmul"] == "matmul-tile", m.explain()
     av, bv = rand(64, 512), rand(512, 256)
     np.testing.assert_allclose(m(av, bv), av @ bv, rtol=1e-4, atol=1e-4)
+
+
+def test_dot_tile_chunks_are_whole_vectors_where_one_divides_the_reduction():
+    """The dot tile's chunk of the reduction: the machine vector (8 float32 lanes on 256-bit
+    tiles) where it divides, else a power of two (28 -> 4, not 7, which LLVM loads in pieces),
+    else the widest divisor of at least 4 (10 -> 5).  The weight gradient of a 3x3 convolution
+    over 28-wide rows takes chunks of 4; values against numpy."""
+    from tvm_autodiff.schedule.cpu_matmul import _dot_chunk
+    assert [_dot_chunk(d, 8) for d in (32, 28, 12, 10, 14, 6, 3)] == [8, 4, 4, 5, 7, 6, None]
+    x, w = te.placeholder((2, 4, 28, 28), name="x"), te.placeholder((8, 4, 3, 3), name="w")
+    y = topi.nn.conv2d(x, w, 1, 1, 1)
+    head = te.placeholder(y.shape, name="head")
+    (dw,) = ad.differentiate(y, [w], head)
+    sch, infos = _schedule_of([dw], [x, head])
+    plan = DotTile().plan(sch, infos["dw_from_conv2d_nchw"], CpuConfig.of(cpu_target()))
+    assert plan.chunk == 4, plan
+    m = ad.build(dw, [x, head])
+    assert m.rules["dw_from_conv2d_nchw"] == "dot-tile", m.explain()
+    xv, hv = rand(2, 4, 28, 28), rand(2, 8, 28, 28)
+    xp = np.pad(xv, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.stack([np.stack([np.einsum("ncyx,nfyx->fc", xp[:, :, a:a + 28, b:b + 28], hv)
+                               for b in range(3)], -1) for a in range(3)], -2)
+    np.testing.assert_allclose(m(xv, hv), want, rtol=1e-4, atol=1e-3)
