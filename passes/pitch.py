@@ -148,8 +148,15 @@ class _Flattener:
             self.copies[key] = make_compute(f"{t.op.name}_rows", lead + [tirx.const(length, "int32")], body)
         return self.copies[key]
 
-    def _copy_work_ok(self, work, *copies) -> bool:
-        return work >= MIN_WORK_PER_COPY * sum(math.prod(int(d) for d in c.shape) for c in copies)
+    @staticmethod
+    def _pays_copies(work: int, *copies) -> bool:
+        """Whether `work` multiply-adds pay for copies of (load, length): the load's tensor's
+        leading axes times the flat length, each."""
+        lead = [load.args[0].shape[:-2] for load, _ in copies]
+        if not all(isinstance(d, tirx.IntImm) for dims in lead for d in dims):
+            return False   # a symbolic batch: the op's own extents are constant, its inputs' not
+        size = sum(math.prod(d.value for d in dims) * length for dims, (_, length) in zip(lead, copies))
+        return work >= MIN_WORK_PER_COPY * size
 
     def _output_form(self, op, r, a, b):
         ext = self._extents(op, r)
@@ -166,10 +173,9 @@ class _Flattener:
         if rows is None:
             return None
         length = rows + max_e * pitch + max_f
-        work = math.prod(ext.values()) * pitch // ext[r_]
-        bq = self._flat_b(b, pitch, hb, length)
-        if not self._copy_work_ok(work, bq):
+        if not self._pays_copies(math.prod(ext.values()) * pitch // ext[r_], (b, length)):
             return None
+        bq = self._flat_b(b, pitch, hb, length)
         *prefix, _, _ = b.args[1:]
         lead = [iv.var for iv in op.axis[:-2]]
 
@@ -204,11 +210,10 @@ class _Flattener:
         if rows is None:
             return None
         length = rows + max_e * pitch + max_f
-        work = math.prod(ext.values()) * pitch // ext[r_]
+        if not self._pays_copies(math.prod(ext.values()) * pitch // ext[r_], (a, rows), (b, length)):
+            return None
         aq = self._flat_a(a, pitch, ext[p], ext[r_], rows)
         bq = self._flat_b(b, pitch, hb, length)
-        if not self._copy_work_ok(work, aq, bq):
-            return None
         kept = [rv for rv in r.axis if not rv.var.same_as(p) and not rv.var.same_as(r_)]
         fresh = [te.reduce_axis((0, ext[rv.var]), name=rv.var.name) for rv in kept]
         j = te.reduce_axis((0, rows), name=f"{p.name}_{r_.name}")

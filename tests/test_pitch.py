@@ -66,6 +66,20 @@ def test_whole_vector_rows_and_wasteful_pitches_stay():
         assert [n for n in _flat(flatten_rows(outs)) if "conv2d" in n] == [], (size, k, stride)
 
 
+def test_symbolic_batch_stays_and_builds():
+    """A symbolic batch leaves the extents unknown: nothing is flattened, and the build is right
+    for the batch it gets (against PyTorch float64)."""
+    n = te.var("n")
+    x, w = te.placeholder((n, 8, 10, 10), F64, name="x"), te.placeholder((8, 8, 3, 3), F64, name="w")
+    y = topi.nn.conv2d(x, w, 1, 1, 1)
+    h = te.placeholder(y.shape, F64, name="h")
+    dx, dw = ad.differentiate(y, [x, w], head=h)
+    assert _flat(flatten_rows([y, dx, dw])) == []
+    data = [np.random.default_rng(3).standard_normal(s) for s in ((2, 8, 10, 10), (8, 8, 3, 3), (2, 8, 10, 10))]
+    for g, t in zip(ad.build([y, dx, dw], [x, w, h])(*data), _torch(*data, 1, 1)):
+        np.testing.assert_allclose(g, t, rtol=1e-11, atol=1e-11)
+
+
 def test_flattened_ops_get_whole_vector_tiles():
     """The flat forward and weight gradient of a 3x3 convolution over 28 columns: the forward's
     flat row (28 x 30 = 840 = 105 vectors of 8) gets the matmul tile, the weight gradient's flat
