@@ -268,19 +268,20 @@ def test_convolution_gets_register_tiles():
     """A 3x3 convolution and both its gradients: the forward and the input gradient get the matmul
     tile with the output channels as its rows (the image rows index the input, as the columns
     do), and the weight gradient, whose columns would be the kernel width (3), the dot-product
-    tile over the two channel axes.  Values against numpy."""
-    x, w = te.placeholder((2, 8, 10, 10), name="x"), te.placeholder((16, 8, 3, 3), name="w")
+    tile over the two channel axes.  16 columns are whole vectors, so the rows stay unflattened
+    (passes/pitch.py).  Values against numpy."""
+    x, w = te.placeholder((2, 8, 16, 16), name="x"), te.placeholder((16, 8, 3, 3), name="w")
     y = topi.nn.conv2d(x, w, 1, 1, 1)
     head = te.placeholder(y.shape, name="head")
     dx, dw = ad.differentiate(y, [x, w], head)
     m = ad.build([y, dx, dw], [x, w, head])
-    xv, wv, hv = rand(2, 8, 10, 10), rand(16, 8, 3, 3), rand(2, 16, 10, 10)
+    xv, wv, hv = rand(2, 8, 16, 16), rand(16, 8, 3, 3), rand(2, 16, 16, 16)
     xp = np.pad(xv, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    windows = np.stack([np.stack([xp[:, :, a:a + 10, b:b + 10] for b in range(3)], -1) for a in range(3)], -2)
+    windows = np.stack([np.stack([xp[:, :, a:a + 16, b:b + 16] for b in range(3)], -1) for a in range(3)], -2)
     want_y = np.einsum("ncyxab,fcab->nfyx", windows, wv)
     want_dw = np.einsum("ncyxab,nfyx->fcab", windows, hv)
     hp = np.pad(hv, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    want_dx = sum(np.einsum("nfyx,fc->ncyx", hp[:, :, 2 - a:12 - a, 2 - b:12 - b], wv[:, :, a, b])
+    want_dx = sum(np.einsum("nfyx,fc->ncyx", hp[:, :, 2 - a:18 - a, 2 - b:18 - b], wv[:, :, a, b])
                   for a in range(3) for b in range(3))
     for got, want in zip(m(xv, wv, hv), (want_y, want_dx, want_dw)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
