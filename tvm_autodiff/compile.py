@@ -32,6 +32,7 @@ from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
 from tvm_autodiff.passes.pitch import flatten_rows
+from tvm_autodiff.passes.transpose import transpose_columns
 from .kernel_module import VMProgram, device_source, kernel_module, lower_kernels, replace_kernels
 from .kernels import distinct, partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
@@ -577,7 +578,8 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
     if target.kind.name == "llvm" and schedule is not None:
         # Window sums over rows that are not whole CPU vectors run over one flat row
         # (passes/pitch.py); the unscheduled build stays the plain reference.
-        lowered = flatten_rows(lowered)
+        # A·Bᵀ sums read a transposed B (passes/transpose.py).
+        lowered = transpose_columns(flatten_rows(lowered))
     given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]
     hidden = _unbound_dimensions(inputs, computed)

@@ -19,6 +19,9 @@ TENSOR_LOAD = "te.tensor_load"
 # The tag of the scatter-add extern ops that zero elimination builds (passes/scatter.py), so that
 # differentiate() can say where one came from.
 SCATTER_TAG = "tvm_autodiff.scatter_add"
+# The compute attribute (a block annotation in the PrimFunc) of a tensor that a pass made to be
+# stored, such as a transposed operand (passes/transpose.py): the inlining rule keeps it.
+MATERIALIZE = "tvm_autodiff.materialize"
 # Loop annotations of hand-built loop nests (the scatter-add's), which the schedule cannot reach
 # with its primitives: INDEPENDENT marks a loop whose iterations write disjoint elements, LANES
 # a constant-extent inner loop over contiguous elements (tir/annotated_loops.py).

@@ -10,13 +10,15 @@ adjoint read under every window position), when its consumers load it more than 
 chain of such ops, `t = t·t/2 + t`, or the steps of a recurrence, the code would also grow by
 that factor per op; materialized, the TIR stays linear in the size of the graph), and, when it
 calls an expensive function (exp, log, ...), whenever a volume is symbolic.  A producer whose value
-is a single load or a constant costs nothing to repeat and is inlined anyway.  TVM's own refusal
+is a single load or a constant costs nothing to repeat and is inlined anyway, unless a pass made
+it to be stored (the MATERIALIZE attribute: a transposed operand).  TVM's own refusal
 (ScheduleError) leaves the block materialized, as an ordinary outcome.
 """
 from __future__ import annotations
 
 from tvm import s_tir, tirx
 
+from ..ir.graph import MATERIALIZE
 from ..tir.nodes import LOAD_TYPE, loads, uses
 from .analysis import block_infos, store_loads
 from .rule import Decline, ScheduleRule, schedule_block
@@ -47,6 +49,8 @@ class ComputeInline(ScheduleRule):
         pv = self.volumes[info.name]
         # One lookup: get_sblock searches the whole function by name.
         rv = sch.get_sblock(info.name)
+        if MATERIALIZE in sch.get(rv).annotations:
+            return Decline("a pass made it to be stored (a transposed operand, passes/transpose.py)")
         leaf = _leaf_value(sch.get(rv).body)
         consumers = [sch.get(c) for c in sch.get_consumers(rv)]
         for c in consumers:
