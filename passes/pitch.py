@@ -158,13 +158,10 @@ class _Flattener:
         size = sum(math.prod(d.value for d in dims) * length for dims, (_, length) in zip(lead, copies))
         return work >= MIN_WORK_PER_COPY * size
 
-    def _output_form(self, op, r, a, b):
-        ext = self._extents(op, r)
-        if ext is None or len(op.axis) < 3:
-            return None
-        p, r_ = op.axis[-2].var, op.axis[-1].var
-        if free_vars(a) & {p, r_}:
-            return None
+    def _plan(self, b, p, r_, ext: dict, copied_a):
+        """(e, f, P, Hb, J, Bq's length) for flattening the read b over (p, r_), or None when the
+        window leaves B's rows or the flat row or the copies (Bq, and Aq of `copied_a` when it
+        is copied too) do not pay."""
         window = self._window(b, p, r_, ext)
         if window is None:
             return None
@@ -173,8 +170,22 @@ class _Flattener:
         if rows is None:
             return None
         length = rows + max_e * pitch + max_f
-        if not self._pays_copies(math.prod(ext.values()) * pitch // ext[r_], (b, length)):
+        copies = [(b, length)] + ([(copied_a, rows)] if copied_a is not None else [])
+        if not self._pays_copies(math.prod(ext.values()) * pitch // ext[r_], *copies):
             return None
+        return e, f, pitch, hb, rows, length
+
+    def _output_form(self, op, r, a, b):
+        ext = self._extents(op, r)
+        if ext is None or len(op.axis) < 3:
+            return None
+        p, r_ = op.axis[-2].var, op.axis[-1].var
+        if free_vars(a) & {p, r_}:
+            return None
+        plan = self._plan(b, p, r_, ext, copied_a=None)
+        if plan is None:
+            return None
+        e, f, pitch, hb, rows, length = plan
         bq = self._flat_b(b, pitch, hb, length)
         *prefix, _, _ = b.args[1:]
         lead = [iv.var for iv in op.axis[:-2]]
@@ -202,16 +213,10 @@ class _Flattener:
             return None
         if any(free_vars(i) & {p, r_} for i in a.args[1:-2]):
             return None
-        window = self._window(b, p, r_, ext)
-        if window is None:
+        plan = self._plan(b, p, r_, ext, copied_a=a)
+        if plan is None:
             return None
-        e, f, pitch, hb, max_e, max_f = window
-        rows = self._pays(ext[p], ext[r_], pitch)
-        if rows is None:
-            return None
-        length = rows + max_e * pitch + max_f
-        if not self._pays_copies(math.prod(ext.values()) * pitch // ext[r_], (a, rows), (b, length)):
-            return None
+        e, f, pitch, hb, rows, length = plan
         aq = self._flat_a(a, pitch, ext[p], ext[r_], rows)
         bq = self._flat_b(b, pitch, hb, length)
         kept = [rv for rv in r.axis if not rv.var.same_as(p) and not rv.var.same_as(r_)]
