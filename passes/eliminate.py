@@ -39,7 +39,7 @@ from tvm.te.tensor import Operation
 from tvm_autodiff.errors import ArgumentTypeError, check_bool, describe
 from tvm_autodiff.ir.expr import TRUE, cast, free_vars, is_const, is_float, loads_only, reads, simplify, substitute
 from tvm_autodiff.ir.graph import TensorMap, is_load, make_compute, rebuild, structural_key
-from tvm_autodiff.ir.reductions import reducer_kind
+from tvm_autodiff.ir.reductions import plain_sum
 
 from . import linsolve
 from .arguments import operation_set, tensor_list
@@ -328,11 +328,9 @@ def eliminate_reduction(op: te.ComputeOp, bodies: list, scatter: bool = True, *,
     `phases`: whether a sum that reads an output axis through divisions by a stride is
     eliminated again per phase of that axis (step 5, `phase.py`)."""
     _check_reduction_arguments(op, bodies, scatter, memo)
-    if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or not isinstance(bodies[0], tirx.Reduce):
+    if not isinstance(op, te.ComputeOp) or op.num_outputs != 1 or not plain_sum(bodies[0]):
         return None
     r = bodies[0]
-    if reducer_kind(r.combiner) != "sum" or not is_const(r.condition, True) or len(r.init):
-        return None
     outer = [(iv.var, iv.dom.min, iv.dom.extent) for iv in op.axis]
     red = [(rv.var, rv.dom.min, ceil_divisions(rv.dom.extent)) for rv in r.axis]
     split = split_terms(ceil_divisions(inline_sparse(r.source[0], memo)))

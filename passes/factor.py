@@ -32,7 +32,7 @@ from tvm.ir import Call
 
 from tvm_autodiff.ir.expr import free_vars, is_const, is_float, loads_only, substitute
 from tvm_autodiff.ir.graph import TensorMap, compute_op, is_load, make_compute, rebuild, structural_key
-from tvm_autodiff.ir.reductions import reducer_kind
+from tvm_autodiff.ir.reductions import plain_sum
 
 from .arguments import tensor_list
 from .nonzero import conjunction, conjuncts
@@ -166,8 +166,7 @@ class _Hoister:
         if not is_float(dtype):
             return None   # only real arithmetic is worth it (and a bool product is no Mul)
         if isinstance(body, tirx.Reduce):
-            if (reducer_kind(body.combiner) != "sum" or not is_const(body.condition, True)
-                    or len(body.init)):
+            if not plain_sum(body):
                 return None
             # Axes in a reduce range stay: the range is evaluated per output point.
             fixed = {v for rv in body.axis for v in {rv.var} | free_vars(rv.dom.min) | free_vars(rv.dom.extent)}

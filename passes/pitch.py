@@ -15,7 +15,8 @@ ROW_MULTIPLE, and let Bq[.., t] = Bf[.., t] for t < Hb·P, 0 after it, be long e
 
 Why: the schedules vectorize the inner axis, and an image row of 28 or 14 (n_r not a multiple of
 ROW_MULTIPLE) leaves ragged vectors, where the flat row (j) is whole vectors: the 3x3 convolution
-at (16, 64, 28, 28) forward 7.7 -> 5.8 ms, its weight gradient 13 -> 8.4 ms (README, "Schedules").
+at (16, 64, 28, 28) forward 6.5 -> 4.9 ms, its weight gradient 8.8 -> 7.1 ms (README, "How it
+works").
 Y' has P - n_r extra columns per row (cropped away); Aq's zeros there make the reduction form's
 extra terms vanish.  Exact for finite values: an extra term multiplies a zero of Aq by the B
 element the read wraps around to, a real element of B (or Bq's zero tail), so only an inf or NaN
@@ -33,7 +34,7 @@ from tvm import sym, te, tirx
 
 from tvm_autodiff.ir.expr import free_vars, substitute
 from tvm_autodiff.ir.graph import compute_op, is_load, make_compute, rebuild
-from tvm_autodiff.ir.reductions import reducer_kind
+from tvm_autodiff.ir.reductions import plain_sum
 
 from .arguments import tensor_list
 from .phase import ROW_MULTIPLE
@@ -69,23 +70,22 @@ class _Flattener:
         self.copies = {}
 
     def __call__(self, op: te.ComputeOp, bodies: list):
-        if len(bodies) != 1 or not isinstance(bodies[0], tirx.Reduce):
+        if len(bodies) != 1 or not plain_sum(bodies[0]) or len(bodies[0].source) != 1:
             return None
         r = bodies[0]
-        if (reducer_kind(r.combiner) != "sum" or len(r.source) != 1 or len(r.init)
-                or not (isinstance(r.condition, tirx.IntImm) and r.condition.value)):
-            return None
         loads = _loads(r.source[0])
-        if loads is None:
+        ext = self._extents(op, r) if loads is not None else None
+        if ext is None:
             return None
         for a, b in (loads, loads[::-1]):
             for form in (self._output_form, self._reduction_form):
-                found = form(op, r, a, b)
+                found = form(op, r, ext, a, b)
                 if found is not None:
                     return found
         return None
 
-    def _extents(self, op, r) -> Optional[dict]:
+    @staticmethod
+    def _extents(op, r) -> Optional[dict]:
         """{var: constant extent} of op's axes and r's reduce variables (all from 0), or None."""
         ext = {}
         for iv in list(op.axis) + list(r.axis):
@@ -175,9 +175,8 @@ class _Flattener:
             return None
         return e, f, pitch, hb, rows, length
 
-    def _output_form(self, op, r, a, b):
-        ext = self._extents(op, r)
-        if ext is None or len(op.axis) < 3:
+    def _output_form(self, op, r, ext: dict, a, b):
+        if len(op.axis) < 3:
             return None
         p, r_ = op.axis[-2].var, op.axis[-1].var
         if free_vars(a) & {p, r_}:
@@ -202,9 +201,8 @@ class _Flattener:
         crop = flat(*lead, p * pitch + r_)
         return compute_op(op.name, op.tag, op.attrs, op.axis, [crop]).output(0)
 
-    def _reduction_form(self, op, r, a, b):
-        ext = self._extents(op, r)
-        if ext is None or len(a.args) < 3:
+    def _reduction_form(self, op, r, ext: dict, a, b):
+        if len(a.args) < 3:
             return None
         p, r_ = a.args[-2], a.args[-1]
         reduce_vars = [rv.var for rv in r.axis]

@@ -8,7 +8,7 @@ where j is Y's last axis, B reads j and the reduce variable k as its last two in
 nowhere else, and A does not read j.  Why: the CPU schedules vectorize j, and only Bᵗ is
 contiguous along it; A·Bᵀ otherwise takes the dot-product tile, whose partial sums need a
 reduction across lanes per output, where Bᵗ gets the outer-product matmul tile (at GPT's sizes,
-2048 x 2000 x 256: 16.7 -> 11.7 ms; 2048 x 768 x 256: 10.2 -> 4.4 ms).  Bᵗ carries the compute
+2048 x 2000 x 256: 16.7 -> 12.4 ms; 2048 x 768 x 256: 10.2 -> 4.3 ms).  Bᵗ carries the compute
 attribute MATERIALIZE, which the inlining rule honours (a transpose inlined back would be the
 strided read again).  One Bᵗ per B, shared by every sum that reads it so (the weights of all the
 steps of an unrolled recurrence).  Pure graph rewriting; values are unchanged.
@@ -20,8 +20,8 @@ import math
 from tvm import te, tirx
 
 from tvm_autodiff.ir.expr import free_vars
-from tvm_autodiff.ir.graph import MATERIALIZE, compute_op, is_load, ops_post_order, rebuild
-from tvm_autodiff.ir.reductions import reducer_kind
+from tvm_autodiff.ir.graph import MATERIALIZE, is_load, ops_post_order, rebuild
+from tvm_autodiff.ir.reductions import plain_sum
 
 from .arguments import tensor_list
 
@@ -33,22 +33,19 @@ COLUMN_MULTIPLE = 8
 MIN_WORK_PER_COPY = 64
 
 
-def _column_read(op: te.ComputeOp):
-    """(A's load, B's load, the sum's multiply-adds) of an A·Bᵀ-form sum op (module docstring) with
-    constant extents and whole-vector columns, else None."""
-    if len(op.body) != 1 or not isinstance(op.body[0], tirx.Reduce) or not op.axis:
+def _column_read(axis, bodies: list):
+    """(A's load, B's load, the sum's multiply-adds) of an A·Bᵀ-form sum over `axis` (module
+    docstring) with constant extents and whole-vector columns, else None."""
+    if len(bodies) != 1 or not plain_sum(bodies[0]) or len(bodies[0].source) != 1 or not axis:
         return None
-    r = op.body[0]
-    if (reducer_kind(r.combiner) != "sum" or len(r.source) != 1 or len(r.init)
-            or not (isinstance(r.condition, tirx.IntImm) and r.condition.value)):
-        return None
+    r = bodies[0]
     s = r.source[0]
     if not (isinstance(s, tirx.Mul) and is_load(s.a) and is_load(s.b)):
         return None
-    extents = [iv.dom.extent for iv in [*op.axis, *r.axis]]
-    if not all(isinstance(d, tirx.IntImm) for d in extents) or extents[len(op.axis) - 1].value % COLUMN_MULTIPLE:
+    extents = [iv.dom.extent for iv in [*axis, *r.axis]]
+    if not all(isinstance(d, tirx.IntImm) for d in extents) or extents[len(axis) - 1].value % COLUMN_MULTIPLE:
         return None
-    j, reduce_vars = op.axis[-1].var, {rv.var for rv in r.axis}
+    j, reduce_vars = axis[-1].var, {rv.var for rv in r.axis}
     for a, b in ((s.a, s.b), (s.b, s.a)):
         if len(b.args) < 3 or not all(isinstance(d, tirx.IntImm) for d in b.args[0].shape):
             continue
@@ -71,7 +68,7 @@ class _Transposer:
         self.copies, self.work = {}, work
 
     def __call__(self, op: te.ComputeOp, bodies: list):
-        found = _column_read(compute_op(op.name, op.tag, op.attrs, op.axis, bodies))
+        found = _column_read(op.axis, bodies)
         if found is None:
             return None
         a, b, work = found
@@ -98,7 +95,7 @@ def transpose_columns(tensors):
     items = tensor_list(tensors, "transpose_columns() tensors")
     work: dict = {}
     for op in ops_post_order(items):
-        found = _column_read(op) if isinstance(op, te.ComputeOp) else None
+        found = _column_read(op.axis, list(op.body)) if isinstance(op, te.ComputeOp) else None
         if found is not None:
             t = found[1].args[0]
             work[t.op, t.value_index] = work.get((t.op, t.value_index), 0) + found[2]

@@ -26,13 +26,14 @@ import tvm
 import tvm_ffi
 from tvm import sym, te, tirx
 
+from tvm_autodiff.passes.pitch import flatten_rows
+from tvm_autodiff.passes.transpose import transpose_columns
+
 from . import schedule as _schedule
 from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
 from .ir.expr import free_vars, is_float, substitute
 from .ir.graph import TensorMap, ops_post_order, outputs_of, placeholders, unique_tensors
 from .ir.reductions import fold_where_init
-from tvm_autodiff.passes.pitch import flatten_rows
-from tvm_autodiff.passes.transpose import transpose_columns
 from .kernel_module import VMProgram, device_source, kernel_module, lower_kernels, replace_kernels
 from .kernels import distinct, partition, partitionable
 from .schedule import Choice, Scheduled, block_infos
@@ -576,9 +577,9 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
     # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
     if target.kind.name == "llvm" and schedule is not None:
-        # Window sums over rows that are not whole CPU vectors run over one flat row
-        # (passes/pitch.py); the unscheduled build stays the plain reference.
-        # A·Bᵀ sums read a transposed B (passes/transpose.py).
+        # Layouts for the CPU tiles: window sums over rows that are not whole vectors run over
+        # one flat row (passes/pitch.py), A·Bᵀ sums read a stored Bᵀ (passes/transpose.py).  The
+        # unscheduled build stays the plain reference.
         lowered = transpose_columns(flatten_rows(lowered))
     given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]

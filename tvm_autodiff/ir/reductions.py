@@ -61,6 +61,13 @@ def reducer_kind(combiner: tirx.CommReducer, v: int = 0) -> str:
     return "selection" if selection_condition(combiner) is not None else "generic"
 
 
+def plain_sum(body) -> bool:
+    """Whether `body` is a sum reduction (of its first value) with no condition and no init: the
+    form the passes rewrite, Σ_k f(k) and nothing else."""
+    return (isinstance(body, tirx.Reduce) and reducer_kind(body.combiner) == "sum"
+            and is_const(body.condition, True) and not len(body.init))
+
+
 def combine(combiner: tirx.CommReducer, lhs: Sequence, rhs: Sequence) -> list:
     """The combiner's results applied to concrete lhs and rhs tuples."""
     vmap = {**dict(zip(combiner.lhs, lhs)), **dict(zip(combiner.rhs, rhs))}

@@ -7,7 +7,6 @@ axis; scalar rows; the parallel-loop fallbacks.
 """
 from __future__ import annotations
 
-
 import tvm
 from tvm import s_tir, tirx
 

@@ -67,8 +67,8 @@ def matmul_tile(rows: int, cols: int, vec: int, max_acc: int) -> Optional[tuple[
 
 def _tile_lanes(cols: int, config, dtype) -> int:
     """Machine-vector lanes of a matmul tile over `cols` columns: the target's widest vector where
-    it divides them (AVX-512 on a GEMM: dense weight gradients at GPT sizes 19 -> 16 ms and
-    8 -> 5.5 ms), else MAX_VECTOR_BYTES' (a 28-wide convolution row in 16-lane vectors ran 3.5
+    it divides them (AVX-512 on a GEMM, with MIN_PACKED_TILES: dense weight gradients at GPT sizes
+    19.1 -> 11.7 ms and 7.5 -> 5.9 ms), else MAX_VECTOR_BYTES' (a 28-wide convolution row in 16-lane vectors ran 3.5
     times slower; README, "Schedules")."""
     wide = config.wide_lanes(dtype)
     return wide if cols % wide == 0 else config.lanes(dtype)
@@ -229,8 +229,8 @@ def _dot_chunk(depth: int, vec: int) -> Optional[int]:
     1x1 one, 7.6 -> 3.7 ms (both measured under load, in the same run)."""
     if depth % vec == 0:
         return vec
-    whole = [l for l in range(vec - 1, 3, -1) if depth % l == 0 and l & (l - 1) == 0]
-    return next(iter(whole), None) or next((l for l in range(vec - 1, 3, -1) if depth % l == 0), None)
+    divisors = [l for l in range(4, vec) if depth % l == 0]
+    return max(divisors, key=lambda l: (l & (l - 1) == 0, l), default=None)
 
 
 def _dot_axes(loads, row, col) -> bool:
