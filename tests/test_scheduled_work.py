@@ -215,9 +215,11 @@ def test_unrolled_lstm_scheduled_work_is_linear_and_not_recomputed(kernels):
                 np.testing.assert_allclose(grad, finite_differences(forward, values, steps + n),
                                            rtol=1e-6, atol=1e-8)
     # Linear in T: each step adds the same work (a quadratic schedule would double the increment
-    # per doubling of T).
-    for field in ("iterations", "ops"):
-        per_step = {t: (getattr(counts[2 * t], field) - getattr(counts[t], field)) / t for t in (1, 2, 4)}
+    # per doubling of T).  From T = 2 on, each weight gradient is one merged sum over the steps
+    # (passes/merge_sums.py), whose loop iterations stay the same as T grows (its ops grow), so
+    # the iterations are compared from T = 2.
+    for field, steps in (("iterations", (2, 4)), ("ops", (1, 2, 4))):
+        per_step = {t: (getattr(counts[2 * t], field) - getattr(counts[t], field)) / t for t in steps}
         assert max(per_step.values()) <= 1.1 * min(per_step.values()), (field, per_step)
 
 

@@ -26,8 +26,10 @@ import tvm
 import tvm_ffi
 from tvm import sym, te, tirx
 
+from tvm_autodiff.passes.merge_sums import merge_sums
 from tvm_autodiff.passes.pitch import flatten_rows
 from tvm_autodiff.passes.transpose import transpose_columns
+from tvm_autodiff.passes.views import compose_views
 
 from . import schedule as _schedule
 from .errors import ArgumentTypeError, DifferentiationError, as_list, describe
@@ -505,7 +507,8 @@ def _inputs(outputs: list, inputs) -> list:
 
 
 # kernels="auto" builds per kernel a graph of at least AUTO_KERNELS kernels that repeat (at most a
-# third distinct) or that write at least AUTO_ELEMENTS tensor elements.  LLVM compiles each
+# third distinct) or that write at least AUTO_ELEMENTS tensor elements, and on CUDA every graph of
+# at least AUTO_KERNELS kernels.  LLVM compiles each
 # distinct kernel as a function of its own (about 0.1 s each here), so per kernel pays at build
 # time where kernels repeat (unrolled steps, layers of one shape), and one PrimFunc, whose compile
 # time grows superlinearly, is large; at run time it pays on every large graph measured (a GPT
@@ -538,6 +541,11 @@ def _kernel_plan(kernels: str, lowered: list, inputs: list, hidden: list, target
         return parts
     if len(parts) < AUTO_KERNELS:
         return None
+    if target.kind.name == "cuda":
+        # dlight schedules a whole PrimFunc at once and inlines every injective block, across
+        # what would be kernels: one PrimFunc of an unrolled recurrence recomputes each step's
+        # chain in every later step (tests/test_scheduled_work.py).
+        return parts
     return parts if 3 * distinct(parts) <= len(parts) or _elements(parts) >= AUTO_ELEMENTS else None
 
 
@@ -576,11 +584,15 @@ def build(outputs, inputs=None, target="llvm", schedule: str | None = "default",
     _schedule.use_all_cores()
     # TVM's create_prim_func drops where= and init=, so they are folded into the bodies first.
     lowered, _ = fold_where_init(outputs)
+    # Chains of views read their sources, so that the per-kernel build repeats each view at most
+    # once per kernel (passes/views.py).
+    lowered = compose_views(lowered)
     if target.kind.name == "llvm" and schedule is not None:
-        # Layouts for the CPU tiles: window sums over rows that are not whole vectors run over
-        # one flat row (passes/pitch.py), A·Bᵀ sums read a stored Bᵀ (passes/transpose.py).  The
-        # unscheduled build stays the plain reference.
-        lowered = transpose_columns(flatten_rows(lowered))
+        # For the CPU tiles: sums of same-domain reductions are one reduction (passes/merge_sums.py),
+        # window sums over rows that are not whole vectors run over one flat row (passes/pitch.py),
+        # A·Bᵀ sums read a stored Bᵀ (passes/transpose.py).  The unscheduled build stays the plain
+        # reference.
+        lowered = transpose_columns(flatten_rows(merge_sums(lowered)))
     given = TensorMap((t, None) for t in inputs if isinstance(t, te.Tensor))
     computed = [t for t in unique_tensors(lowered) if t not in given]
     hidden = _unbound_dimensions(inputs, computed)

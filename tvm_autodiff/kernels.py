@@ -13,8 +13,14 @@ The rule, for ops in reverse topological order (consumers first):
                             and that kernel has fewer than MAX_KERNEL_OPS ops
     kernel(P) = P           otherwise (P is the root of its own kernel)
 
-A kernel is thus a tree of injective ops below one root; its inputs are the tensors it reads from
-other kernels or from the graph's inputs, its outputs the root's.  Inside a kernel the schedule's
+except that a view (`ir.graph.is_view`: one load at indices without division, or a constant: a
+slice, a broadcast, an identity copy, a zero state) that is not an output of the graph and reads
+no view is no kernel of its own but a member of every kernel that reads it.  Repeating it costs no arithmetic
+(its consumers read its source instead), where its own kernel cost a launch, an allocation and
+a copy (an LSTM step had six such kernels: its gate slices, and the identity adjoints of adds).
+
+A kernel is thus a tree of injective ops below one root, plus the views it reads; its inputs are
+the tensors it reads from other kernels or from the graph's inputs, its outputs the root's.  Inside a kernel the schedule's
 inline rules (`schedule/inline.py`) fuse the injective ops into the root; a producer read by
 several consumers is a kernel output, so it is never recomputed.
 """
@@ -27,7 +33,7 @@ from functools import cached_property
 import tvm_ffi
 from tvm import te
 
-from .ir.graph import TensorMap, bodies_reading, compute_op, ops_post_order, outputs_of
+from .ir.graph import TensorMap, bodies_reading, compute_op, is_view, ops_post_order, outputs_of
 
 # The inline rules fuse a kernel's injective ops into one loop body, whose machine code LLVM
 # compiles in time superlinear in its size: the gradient of a 1,000-op elementwise chain as one
@@ -88,6 +94,15 @@ def _fusible(op: te.Operation) -> bool:
     return isinstance(op, te.ComputeOp) and not op.reduce_axis and op.num_outputs == 1
 
 
+def _with_views(ops: list, views: set) -> list:
+    """`ops` (producers first) with the views they read placed before them."""
+    out = []
+    for op in ops:
+        out += [t.op for t in op.input_tensors if t.op in views and t.op not in out]
+        out.append(op)
+    return out
+
+
 def partition(outputs) -> list[Kernel]:
     """The kernels of the graph of `outputs` (module docstring), producers first.  The graph's
     placeholders are the inputs; its other ops are compute or extern ops (`partitionable`)."""
@@ -97,11 +112,17 @@ def partition(outputs) -> list[Kernel]:
         for t in op.input_tensors:
             consumers.setdefault(t.op, set()).add(op)
     graph_outputs = {t.op for t in outputs}
+    # A view of a view stays a kernel, so that a chain of views is not repeated in every kernel
+    # along it (build() composes such chains first: passes/views.py).
+    views = {op for op in order if op not in graph_outputs and is_view(op)
+             and not any(is_view(t.op) for t in op.input_tensors)}
     root: dict = {}
     size: Counter = Counter()
     for op in reversed(order):
+        if op in views:
+            continue
         users = consumers.get(op, set())
-        joined = root[next(iter(users))] if len(users) == 1 else None
+        joined = root.get(next(iter(users))) if len(users) == 1 else None
         if _fusible(op) and op not in graph_outputs and joined is not None \
                 and size[joined] < MAX_KERNEL_OPS:
             root[op] = joined
@@ -110,11 +131,12 @@ def partition(outputs) -> list[Kernel]:
         size[root[op]] += 1
     members: dict = {}
     for op in order:
-        members.setdefault(root[op], []).append(op)
+        if op not in views:
+            members.setdefault(root[op], []).append(op)
     kernels = []
     for op in order:
-        if root[op] is op:
-            ops = members[op]
+        if root.get(op) is op:
+            ops = _with_views(members[op], views)
             inside = set(ops)
             reads = TensorMap((t, None) for o in ops for t in o.input_tensors if t.op not in inside)
             kernels.append(Kernel(tuple(ops), tuple(reads)))

@@ -109,6 +109,19 @@ def loads_only(e) -> bool:
     return hit is None
 
 
+def flatten(e, kind) -> list:
+    """The operands of a tree of `kind` nodes (tirx.Add: the summands, tirx.And: the conjuncts),
+    left to right."""
+    out, todo = [], [e]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, kind):
+            todo += [x.b, x.a]
+        else:
+            out.append(x)
+    return out
+
+
 def substitute(expr, vmap: dict):
     """`expr` with free variables replaced by `vmap` (Var -> expr)."""
     if not vmap:

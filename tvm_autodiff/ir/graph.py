@@ -88,6 +88,23 @@ def structural_key(e, names: TensorMap):
     return tvm_ffi.StructuralKey(tvm_ffi.structural_map(e, (Call, canon)))
 
 
+_DIVISIONS = (tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod)
+
+
+def is_view(op: te.Operation) -> bool:
+    """Whether op is a view: one elementwise output (no reduction) whose value is a constant or
+    one tensor load at indices without division (a slice, a broadcast, a transpose, an identity
+    copy, a zero state), with no MATERIALIZE attribute.  Repeating a view costs no arithmetic."""
+    if (not isinstance(op, te.ComputeOp) or op.reduce_axis or op.num_outputs != 1
+            or MATERIALIZE in (op.attrs or {})):
+        return False
+    body = op.body[0]
+    if isinstance(body, (tirx.IntImm, tirx.FloatImm)):
+        return True
+    hit = lambda e: tvm_ffi.VisitInterrupt(True)   # noqa: E731
+    return is_load(body) and tvm_ffi.structural_walk(body, [(t, hit) for t in _DIVISIONS]) is None
+
+
 def ops_post_order(outputs: Iterable[te.Tensor]) -> list[te.Operation]:
     """Every op that `outputs` depend on, producers before consumers."""
     order: list[te.Operation] = []

@@ -9,6 +9,7 @@ from typing import Optional
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from ..ir.expr import flatten
 from ..tir.nodes import LOAD_TYPE, contains_block, has_expensive_call, loads, uses
 
 
@@ -32,6 +33,18 @@ def _selects_local_loads(stmt, params) -> bool:
     return tvm_ffi.structural_walk(stmt, (tirx.Select, branch_loads_local)) is not None
 
 
+def _sum_of_products(block) -> bool:
+    """Whether the block's body is C[..] = C[..] + Σ_n A_n · B_n over several products, each of
+    two loads: the form of reductions merged by passes/merge_sums.py."""
+    body = block.body
+    if not isinstance(body, tirx.BufferStore):
+        return False
+    terms = flatten(body.value, tirx.Add)
+    own = [t for t in terms if isinstance(t, LOAD_TYPE) and t.source.same_as(body.buffer)]
+    products = [t for t in terms if isinstance(t, tirx.Mul) and isinstance(t.a, LOAD_TYPE) and isinstance(t.b, LOAD_TYPE)]
+    return len(own) == 1 and len(products) == len(terms) - 1 > 1
+
+
 @dataclass(frozen=True, eq=False)
 class BlockInfo:
     """One block of a PrimFunc, as the rules see it.
@@ -42,7 +55,8 @@ class BlockInfo:
     negative_div: divides by a negative constant, which TVM's simplifier rewrites wrongly once
     loops are fused or split.  selects_local: a select loads an intermediate buffer, which TVM
     0.27 miscompiles in a vectorized loop outside a parallel one (docs/tvm-0.27.md, "vectorized
-    selects of stack buffers")."""
+    selects of stack buffers").  products: the body adds several products of two loads
+    (`_sum_of_products`)."""
     name: str
     top_level: bool
     iter_vars: tuple
@@ -56,6 +70,7 @@ class BlockInfo:
     expensive: bool
     negative_div: bool
     selects_local: bool = False
+    products: bool = False
 
     @staticmethod
     def of(realize, top_level: bool, params) -> "BlockInfo":
@@ -69,7 +84,7 @@ class BlockInfo:
             is_reduction=any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars),
             has_init=block.init is not None, expensive=has_expensive_call(block.body),
             negative_div=_has_negative_divisor(realize),
-            selects_local=_selects_local_loads(block.body, params))
+            selects_local=_selects_local_loads(block.body, params), products=_sum_of_products(block))
 
     @property
     def injective(self) -> bool:
@@ -100,9 +115,10 @@ class BlockInfo:
         return out
 
     def heavy(self) -> bool:
-        """Work in the body besides a product of two loads: an expensive call, or reads of more
-        than two buffers other than the output (inlined producers)."""
-        return self.expensive or len(self.inputs()) > 2
+        """Work in the body besides products of two loads: an expensive call, or reads of more
+        than two buffers other than the output (inlined producers) that are not a sum of such
+        products (merged reductions, whose every multiply-add reads its own two operands)."""
+        return self.expensive or (len(self.inputs()) > 2 and not self.products)
 
     def cheap_along(self, var) -> bool:
         """At most one input read depends on iter var `var`: the rest of the body (the heavy part)

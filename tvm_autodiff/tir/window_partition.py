@@ -24,6 +24,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from ..ir.expr import flatten
 from .guarded_update import guarded
 from .nodes import LOAD_TYPE, canonical_nest, fresh_vars, loop_nest, peel_loops, rename, uses, vector_factor
 
@@ -55,22 +56,11 @@ def _simplify_cond(cond, ana):
     return tirx.const(True, "bool") if ana.can_prove(cond) else ana.simplify(cond)
 
 
-def _conjuncts(cond) -> list:
-    out, todo = [], [cond]
-    while todo:
-        c = todo.pop()
-        if isinstance(c, tirx.And):
-            todo += [c.b, c.a]
-        else:
-            out.append(c)
-    return out
-
-
 def _interior(guard, var, extent: int) -> Optional[tuple[int, int, object]]:
     """(lo, hi, unguarded update) for the widest interior [lo, hi) of `var` (at most MAX_EDGE
     points cut off each side, at least half the axis left) where the guard's conjuncts on `var`
     hold and the update is window-free; None when there is none."""
-    conjuncts = _conjuncts(guard.cond)
+    conjuncts = flatten(guard.cond, tirx.And)
     on_var = [c for c in conjuncts if uses(c, var)]
     rest = [c for c in conjuncts if not uses(c, var)]
     if not on_var:
