@@ -2,6 +2,7 @@
 checks, symbolic shapes, tuning-record reuse, and CUDA code generation (no GPU needed)."""
 from __future__ import annotations
 
+import functools
 import re
 import time
 
@@ -360,3 +361,18 @@ def test_matmul_packed_panel():
     assert m.rules == {"C": "matmul-tile"}
     names = [i.name for i in block_infos(m.func)]
     assert "B_global" in names, names
+
+
+def test_unscheduled_build_of_small_buffers_is_right():
+    """The gradient of a weight shared by four 4 x 5 dense steps, unscheduled as one PrimFunc:
+    TVM's storage rewrite miscompiled it on znver3 (docs/tvm-0.27.md, "storage rewrite of
+    unscheduled small buffers"), so `build` compiles unscheduled functions without it."""
+    w = te.placeholder((5, 5), "float64", name="W")
+    xs = [te.placeholder((4, 5), "float64", name=f"x{t}") for t in range(4)]
+    loss = topi.sum(functools.reduce(topi.add, [topi.tanh(topi.nn.dense(x, w)) for x in xs]))
+    (dw,) = ad.differentiate(loss, [w])
+    rng = np.random.default_rng(0)
+    wv, xv = rng.standard_normal((5, 5)) * 0.3, [rng.standard_normal((4, 5)) for _ in range(4)]
+    expected = sum((1 - np.tanh(x @ wv.T) ** 2).T @ x for x in xv)
+    np.testing.assert_allclose(build(dw, [w, *xs], schedule=None, kernels="one")(wv, *xv), expected,
+                               rtol=1e-12)

@@ -370,6 +370,14 @@ def _guarded(scheduled: Scheduled, target) -> Scheduled:
     return Scheduled(func, scheduled.choices)
 
 
+def _pass_config(scheduled: Scheduled) -> dict:
+    """TVM's StorageRewrite, which lets intermediate buffers share memory, miscompiles some
+    unscheduled functions of small buffers on znver3 (docs/tvm-0.27.md, "storage rewrite of
+    unscheduled small buffers"); an unscheduled function (no block with a rule) goes without it."""
+    unscheduled = all(c.rule is None for c in scheduled.choices)
+    return {"tirx.disable_storage_rewrite": True} if unscheduled else {}
+
+
 def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
     """(executable, Scheduled) with the load indices that TVM 0.27 miscompiles guarded
     (`guard_indices`), falling back as `_fallbacks` says, with a warning, when compiling fails."""
@@ -377,7 +385,8 @@ def _compile(func, scheduled: Scheduled, target, schedule) -> tuple:
     while True:
         try:
             guarded = _guarded(scheduled, target)
-            return tvm.compile(guarded.func, target=target), guarded
+            with tvm.transform.PassContext(config=_pass_config(guarded)):
+                return tvm.compile(guarded.func, target=target), guarded
         except (RuntimeError, ValueError) as err:
             if not fallbacks:
                 raise
