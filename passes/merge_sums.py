@@ -3,8 +3,8 @@
     Y[i] = e(i) + Σ_{n=1..N} R_n[i],   R_n[i] = Σ_{r ∈ D} f_n(i, r)
       ==>  Y[i] = e(i) + M[i],   M[i] = Σ_{r ∈ D} Σ_n f_n(i, r)
 
-where every R_n is a plain sum over the same constant domain D, read by Y alone (and by no
-output of the graph), once and at Y's own index i.  Why: the gradient of a weight that an
+where every R_n is a plain sum over the same constant domain D, of Y's shape, read by Y alone
+(and by no output of the graph), once and at Y's own index i.  Why: the gradient of a weight that an
 unrolled recurrence reads at every step is such a Y (reverse.py sums one contribution per step):
 an LSTM's recurrent weight at T = 32 took 31 small GEMMs (K = the batch) that each wrote a
 whole-weight partial, then a kernel that read all 31 back.  M is one GEMM whose reduction runs
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 
+import tvm_ffi
 from tvm import te, tirx
 
 from tvm_autodiff.ir.expr import flatten, substitute, tensor_loads
@@ -45,12 +46,15 @@ def _mergeable(op: te.ComputeOp, uses: TensorMap) -> list:
     if op.num_outputs != 1 or isinstance(op.body[0], tirx.Reduce):
         return []
     axis = [iv.var for iv in op.axis]
+    extents = [iv.dom.extent for iv in op.axis]
     groups = collections.defaultdict(list)
     for n, term in enumerate(flatten(op.body[0], tirx.Add)):
         if not is_load(term) or uses.get(term.args[0]) != 1:
             continue
-        idx = term.args[1:]
-        if len(idx) != len(axis) or not all(isinstance(x, tirx.Var) and x.same_as(v) for x, v in zip(idx, axis)):
+        idx, shape = term.args[1:], term.args[0].shape
+        # Read at Y's own index, and of Y's shape (M takes the first R's shape for all).
+        if (len(idx) != len(axis) or not all(isinstance(x, tirx.Var) and x.same_as(v) for x, v in zip(idx, axis))
+                or not all(tvm_ffi.structural_equal(d, e) for d, e in zip(shape, extents))):
             continue
         domain = _domain(term.args[0].op)
         if domain is not None:

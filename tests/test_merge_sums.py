@@ -67,6 +67,11 @@ def test_what_is_not_merged():
     total = topi.add(topi.add(ab[0], ab[1]), topi.add(cd[0], cd[1]))
     merged = _merged(merge_sums(total))
     assert sorted(int(op.body[0].axis[0].dom.extent) for op in merged) == [3, 6]
+    # A larger reduction read at Y's index inside its bounds: the merged sum would take its
+    # shape and read the smaller one's operands past their ends.
+    big = topi.matmul(te.placeholder((6, 6), F64, name="e"), te.placeholder((6, 6), F64, name="f"))
+    inside = te.compute((4, 5), lambda i, j: ab[0][i, j] + big[i, j], name="inside")
+    assert not _merged(merge_sums(inside))
     # ab[0] is also an output, and cd[0] also read by another op: nothing merges then.
     shared = topi.add(topi.add(ab[0], ab[1]), topi.multiply(cd[0], 2.0) + cd[1])
     assert not _merged(merge_sums([shared, ab[0]]))
