@@ -8,7 +8,7 @@ import tvm
 from tvm import te, tirx, topi
 
 import tvm_autodiff as ad
-from gradcheck import Harness, check_grad, check_jacobian, make_values, normal, positive
+from gradcheck import Harness, check_grad, check_jacobian, make_values, positive
 
 F64 = "float64"
 

@@ -43,7 +43,7 @@ def test_partition_fuses_single_use_injective_producers():
 def test_partition_cuts_long_fused_chains():
     """A chain of 100 single-use elementwise ops would be one fused kernel; it is cut into kernels
     of at most MAX_KERNEL_OPS ops (their machine code would otherwise grow without bound)."""
-    t = A = te.placeholder((8,), F64, name="A")
+    t = te.placeholder((8,), F64, name="A")
     for i in range(100):
         t = te.compute((8,), (lambda u: lambda j: te.sin(u[j]) + 1.0)(t), name=f"s{i}")
     sizes = [len(k.ops) for k in partition([t])]

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import tvm
-from tvm import te, tirx
+from tvm import te
 
 import tvm_autodiff as ad
 from tvm_autodiff.errors import ArgumentTypeError
