@@ -20,7 +20,7 @@ import collections
 import tvm_ffi
 from tvm import te, tirx
 
-from tvm_autodiff.ir.expr import flatten, substitute, tensor_loads
+from tvm_autodiff.ir.expr import add_all, flatten, substitute, tensor_loads
 from tvm_autodiff.ir.graph import TensorMap, is_load, ops_post_order, rebuild
 from tvm_autodiff.ir.reductions import plain_sum
 
@@ -68,15 +68,13 @@ def _merged(name: str, reductions: list) -> te.Tensor:
     first = reductions[0].op.body[0]
     axes = [te.reduce_axis((0, rv.dom.extent), rv.var.name) for rv in first.axis]
 
+    def summand(t, i):
+        r = t.op.body[0]
+        vmap = {**{iv.var: v for iv, v in zip(t.op.axis, i)}, **{rv.var: a.var for rv, a in zip(r.axis, axes)}}
+        return substitute(r.source[0], vmap)
+
     def body(*i):
-        total = None
-        for t in reductions:
-            r = t.op.body[0]
-            vmap = {**{iv.var: v for iv, v in zip(t.op.axis, i)},
-                    **{rv.var: a.var for rv, a in zip(r.axis, axes)}}
-            f = substitute(r.source[0], vmap)
-            total = f if total is None else total + f
-        return te.sum(total, axis=axes)
+        return te.sum(add_all(summand(t, i) for t in reductions), axis=axes)
 
     return te.compute(reductions[0].shape, body, name=name)
 
@@ -98,11 +96,7 @@ class _Merger:
                                 [terms[n].args[0] for n in g]) for k, g in enumerate(groups)}
         dropped = {n for g in groups for n in g[1:]}
         axis = [iv.var for iv in op.axis]
-        kept = [merged[n](*axis) if n in merged else t for n, t in enumerate(terms) if n not in dropped]
-        total = kept[0]
-        for t in kept[1:]:
-            total = total + t
-        return [total]
+        return [add_all(merged[n](*axis) if n in merged else t for n, t in enumerate(terms) if n not in dropped)]
 
 
 def merge_sums(tensors):

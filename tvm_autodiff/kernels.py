@@ -15,14 +15,15 @@ The rule, for ops in reverse topological order (consumers first):
 
 except that a view (`ir.graph.is_view`: one load at indices without division, or a constant: a
 slice, a broadcast, an identity copy, a zero state) that is not an output of the graph and reads
-no view is no kernel of its own but a member of every kernel that reads it.  Repeating it costs no arithmetic
-(its consumers read its source instead), where its own kernel cost a launch, an allocation and
-a copy (an LSTM step had six such kernels: its gate slices, and the identity adjoints of adds).
+no view is no kernel of its own but a member of every kernel that reads it.  Repeating it costs
+no arithmetic (its consumers read its source instead), where its own kernel cost a launch, an
+allocation and a copy (an LSTM step had six such kernels: its gate slices, and the identity
+adjoints of adds).
 
 A kernel is thus a tree of injective ops below one root, plus the views it reads; its inputs are
-the tensors it reads from other kernels or from the graph's inputs, its outputs the root's.  Inside a kernel the schedule's
-inline rules (`schedule/inline.py`) fuse the injective ops into the root; a producer read by
-several consumers is a kernel output, so it is never recomputed.
+the tensors it reads from other kernels or from the graph's inputs, its outputs the root's.
+Inside a kernel the schedule's inline rules (`schedule/inline.py`) fuse the injective ops into
+the root; a producer read by several consumers is a kernel output, so it is never recomputed.
 """
 from __future__ import annotations
 
@@ -114,8 +115,9 @@ def partition(outputs) -> list[Kernel]:
     graph_outputs = {t.op for t in outputs}
     # A view of a view stays a kernel, so that a chain of views is not repeated in every kernel
     # along it (build() composes such chains first: passes/views.py).
-    views = {op for op in order if op not in graph_outputs and is_view(op)
-             and not any(is_view(t.op) for t in op.input_tensors)}
+    viewlike = {op for op in order if is_view(op)}
+    views = {op for op in viewlike if op not in graph_outputs
+             and not any(t.op in viewlike for t in op.input_tensors)}
     root: dict = {}
     size: Counter = Counter()
     for op in reversed(order):

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 from tvm import sym, te, tirx
 
 from tvm_autodiff.errors import ArgumentTypeError, DifferentiationError, as_list, check_bool, describe
-from tvm_autodiff.ir.expr import free_vars, is_float
+from tvm_autodiff.ir.expr import add_all, free_vars, is_float
 from tvm_autodiff.ir.graph import (SCATTER_TAG, TensorMap, make_compute, ops_post_order, outputs_of,
                                    placeholders, same_tensor)
 from tvm_autodiff.ir.reductions import fold_where_init
@@ -278,20 +278,12 @@ def _needs_adjoint(ops: list, inputs: list, scalar_reads: dict) -> TensorMap:
     return needs
 
 
-def _sum(terms):
-    terms = iter(terms)
-    total = next(terms)
-    for t in terms:
-        total = total + t
-    return total
-
-
 def _total(name: str, parts: list) -> Optional[te.Tensor]:
     """The sum of adjoint contributions (None: zero), its own tensor when there are several,
     because it is read many times."""
     if len(parts) <= 1:
         return parts[0] if parts else None
-    return make_compute(name, parts[0].shape, lambda *a: _sum(p(*a) for p in parts))
+    return make_compute(name, parts[0].shape, lambda *a: add_all(p(*a) for p in parts))
 
 
 class _Sweep:

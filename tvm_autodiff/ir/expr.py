@@ -122,6 +122,15 @@ def flatten(e, kind) -> list:
     return out
 
 
+def add_all(terms):
+    """The sum of a non-empty iterable of expressions, added left to right."""
+    terms = iter(terms)
+    total = next(terms)
+    for t in terms:
+        total = total + t
+    return total
+
+
 def substitute(expr, vmap: dict):
     """`expr` with free variables replaced by `vmap` (Var -> expr)."""
     if not vmap:
